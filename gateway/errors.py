@@ -1,0 +1,278 @@
+"""The one error model of the API: RFC 9457 problem details with a stable ``code``.
+
+Every error a client sees is an :class:`ApiError` (or a subclass) rendered as
+``application/problem+json``. Request validation failures become ``422 validation_error``;
+anything unexpected becomes ``500 internal_error`` without exception text. The catalogue of
+codes is documented in ``docs/api/errors.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+logger = logging.getLogger("gateway.errors")
+
+
+class FieldError(BaseModel):
+    """One invalid input field."""
+
+    loc: list[str | int] = Field(description="Where the problem is, e.g. ['body', 'name', 0, 'family'].")
+    msg: str
+    type: str
+
+
+class UpstreamIssue(BaseModel):
+    """One issue reported by HAPI FHIR (OperationOutcome.issue) or EHRbase (error body)."""
+
+    severity: str | None = None
+    code: str | None = None
+    diagnostics: str | None = None
+    location: list[str] | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    type: str = Field(default="about:blank", description="A URI naming the problem type.")
+    title: str
+    status: int
+    code: str = Field(description="Stable machine-readable error code; see docs/api/errors.md.")
+    detail: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+    upstream_issues: list[UpstreamIssue] | None = None
+    current_version: str | None = Field(default=None, description="Current version on a 412 conflict.")
+    retry_after: int | None = Field(default=None, description="Seconds to wait, on 429 and 503.")
+
+
+class ApiError(Exception):
+    """Base of every error the API returns on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        upstream_issues: list[UpstreamIssue] | None = None,
+        current_version: str | None = None,
+        retry_after: int | None = None,
+        errors: list[FieldError] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if title is not None:
+            self.title = title
+        self.headers = dict(headers or {})
+        self.upstream_issues = upstream_issues
+        self.current_version = current_version
+        self.retry_after = retry_after
+        self.errors = errors
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", str(retry_after))
+
+    def to_problem(self, request_id: str | None) -> Problem:
+        return Problem(
+            title=self.title,
+            status=self.status,
+            code=self.code,
+            detail=self.detail,
+            request_id=request_id,
+            errors=self.errors,
+            upstream_issues=self.upstream_issues,
+            current_version=self.current_version,
+            retry_after=self.retry_after,
+        )
+
+
+class BadRequest(ApiError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class NotAuthenticated(ApiError):
+    status, code, title = 401, "not_authenticated", "Authentication required"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(ApiError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(ApiError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Gone(ApiError):
+    status, code, title = 410, "gone", "Gone"
+
+
+class Conflict(ApiError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PreconditionFailed(ApiError):
+    status, code, title = 412, "precondition_failed", "Precondition failed"
+
+
+class PayloadTooLarge(ApiError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class UnprocessableEntity(ApiError):
+    status, code, title = 422, "validation_error", "Invalid request"
+
+
+class PreconditionRequired(ApiError):
+    status, code, title = 428, "precondition_required", "Precondition required"
+
+
+class TooManyRequests(ApiError):
+    status, code, title = 429, "too_many_requests", "Too many requests"
+
+
+class ServiceUnavailable(ApiError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+class UpstreamError(ApiError):
+    """A problem with HAPI FHIR or EHRbase (502 bad response, 503 unreachable, 504 timeout)."""
+
+    status, code, title = 502, "upstream_bad_response", "Upstream answered badly"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status, code, title = 503, "upstream_unavailable", "Upstream unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code, title = 504, "upstream_timeout", "Upstream timed out"
+
+
+class AuthDatabaseUnavailable(ApiError):
+    status, code, title = 503, "auth_db_unavailable", "Auth database unavailable"
+
+
+def request_id_of(request: Request) -> str | None:
+    value = getattr(request.state, "request_id", None)
+    return value if isinstance(value, str) else None
+
+
+def problem_response(request: Request, error: ApiError) -> JSONResponse:
+    problem = error.to_problem(request_id_of(request))
+    return JSONResponse(
+        problem.model_dump(exclude_none=True),
+        status_code=error.status,
+        headers=error.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("not_authenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+def _is_db_outage(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, OperationalError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as problem+json; nothing unexpected leaks exception text."""
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return problem_response(request, exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            FieldError(
+                loc=[part if isinstance(part, int) else str(part) for part in item.get("loc", ())],
+                msg=str(item.get("msg", "invalid")),
+                type=str(item.get("type", "value_error")),
+            )
+            for item in exc.errors()
+        ]
+        return problem_response(request, UnprocessableEntity("The request is not valid.", errors=errors))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        headers = dict(exc.headers) if exc.headers else None
+        error = ApiError(detail, code=code, status=exc.status_code, title=title, headers=headers)
+        return problem_response(request, error)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _is_db_outage(exc):
+            logger.warning("auth database unavailable: %s", type(exc).__name__)
+            return problem_response(
+                request, AuthDatabaseUnavailable("The auth database cannot be reached.", retry_after=5)
+            )
+        logger.exception("unhandled error", exc_info=exc)
+        return problem_response(request, ApiError("An unexpected error occurred."))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries declaring problem+json bodies for the given statuses."""
+    return {
+        status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": _describe(status)}
+        for status in statuses
+    }
+
+
+def _describe(status: int) -> str:
+    return {
+        400: "Bad request",
+        401: "Not authenticated",
+        403: "Forbidden",
+        404: "Not found",
+        409: "Conflict",
+        410: "Gone",
+        412: "Precondition failed (stale version)",
+        413: "Body too large",
+        422: "Invalid input",
+        428: "Precondition required (If-Match missing)",
+        429: "Too many requests",
+        502: "Upstream answered badly",
+        503: "Upstream or auth database unavailable",
+        504: "Upstream timed out",
+    }.get(status, "Error")

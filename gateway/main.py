@@ -1,0 +1,99 @@
+"""The app factory and its lifespan (auth database engine, upstream clients, audit log)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from auth_db import migrate
+from auth_db.engine import create_engine, create_session_factory
+from gateway.api import health
+from gateway.audit import AuditLog
+from gateway.errors import install_error_handlers
+from gateway.logs import configure_logging
+from gateway.middleware import GatewayMiddleware
+from gateway.settings import ConfigError, Settings, load_settings
+
+logger = logging.getLogger("gateway")
+
+
+def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.computed_auth_database_url
+        if settings.uses_embedded_db:
+            logger.info(
+                "auth database: embedded SQLite at %s (set AUTH_DB_HOST for PostgreSQL)",
+                settings.auth_db_sqlite_path,
+            )
+        else:
+            logger.info("auth database: %s", url.split("@")[-1])
+        engine = create_engine(
+            url,
+            pool_size=settings.auth_db_pool_size,
+            max_overflow=settings.auth_db_max_overflow,
+            pool_timeout=settings.auth_db_pool_timeout,
+        )
+        if settings.auto_migrate:
+            await asyncio.to_thread(migrate.upgrade, url)
+            logger.info("auth database migrated to the latest revision")
+        factory = create_session_factory(engine)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.session_factory = factory
+        app.state.audit = AuditLog(factory)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway application.
+
+    Args:
+        settings: the configuration; read from the environment when omitted. A configuration
+            error stops the process with a readable message instead of a traceback.
+    """
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    configure_logging(level=settings.log_level, json_output=settings.log_json)
+    app = FastAPI(
+        title="FHIR/openEHR gateway",
+        version="0.1.0",
+        summary="One API for patient demographics (HAPI FHIR) and clinical letters (EHRbase).",
+        lifespan=_lifespan(settings),
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-CSRF-Token",
+                "X-Request-ID",
+            ],
+            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, hsts=True)
+    return app

@@ -1,0 +1,158 @@
+"""ASGI middleware: request ids, body size limit, security headers, access log.
+
+Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds little to every request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import PROBLEM_JSON
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{8,128}$")
+
+#: The current request id, readable anywhere on the request path (logs, upstream clients).
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+access_logger = logging.getLogger("gateway.access")
+
+DOCS_PATHS = ("/docs", "/redoc")
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' https://cdn.jsdelivr.net 'unsafe-inline'; "
+    "style-src 'self' https://cdn.jsdelivr.net 'unsafe-inline'; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def accept_request_id(value: str | None) -> str:
+    """The client's request id if it is well-formed, else a new one (no header injection possible)."""
+    if value and _REQUEST_ID_RE.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+class GatewayMiddleware:
+    """Assigns the request id, enforces the body limit, adds security headers and logs each request."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, hsts: bool) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        path: str = scope["path"]
+        status_holder: dict[str, Any] = {"status": 500}
+
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await self._too_large(send, request_id, path)
+            status_holder["status"] = 413
+            self._log(scope, status_holder, started)
+            request_id_var.reset(token)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                raw = list(message.get("headers", []))
+                names = {name.lower() for name, _ in raw}
+                raw.append((b"x-request-id", request_id.encode()))
+                for name, value in self._security_headers(path, scope.get("scheme") == "https"):
+                    if name not in names:
+                        raw.append((name, value))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            status_holder["status"] = 413
+            await self._too_large(send, request_id, path)
+        finally:
+            self._log(scope, status_holder, started)
+            request_id_var.reset(token)
+
+    def _security_headers(self, path: str, https: bool) -> list[tuple[bytes, bytes]]:
+        docs = path.startswith(DOCS_PATHS)
+        result = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-security-policy", (DOCS_CSP if docs else API_CSP).encode()),
+        ]
+        if not docs:
+            result.append((b"cache-control", b"no-store"))
+        if self.hsts and https:
+            result.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+        return result
+
+    async def _too_large(self, send: Send, request_id: str, path: str) -> None:
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Request body too large",
+                "status": 413,
+                "code": "payload_too_large",
+                "detail": f"The body exceeds {self.max_body_bytes} bytes.",
+                "request_id": request_id,
+            }
+        ).encode()
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),
+            *self._security_headers(path, False),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _log(scope: Scope, status_holder: dict[str, Any], started: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        state = scope.get("state", {})
+        access_logger.info(
+            "request",
+            extra={
+                "method": scope.get("method"),
+                "route": template,
+                "status": status_holder["status"],
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "user_id": state.get("user_id"),
+            },
+        )
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,77 @@
+"""Roles, permissions and the authenticated principal handed to routes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+
+class Role(StrEnum):
+    admin = "admin"
+    clinician = "clinician"
+
+
+class Permission(StrEnum):
+    patient_search = "patient:search"
+    patient_read = "patient:read"
+    patient_write = "patient:write"
+    letter_read = "letter:read"
+    letter_write = "letter:write"
+    break_glass = "patient:break-glass"
+    user_admin = "user:admin"
+    settings_admin = "settings:admin"
+    audit_read = "audit:read"
+    care_team_admin = "care-team:admin"
+
+
+#: What each role may do. Administrators manage accounts and settings; they do not read PHI
+#: unless they also hold the clinician role.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.clinician: frozenset(
+        {
+            Permission.patient_search,
+            Permission.patient_read,
+            Permission.patient_write,
+            Permission.letter_read,
+            Permission.letter_write,
+            Permission.break_glass,
+        }
+    ),
+    Role.admin: frozenset(
+        {
+            Permission.user_admin,
+            Permission.settings_admin,
+            Permission.audit_read,
+            Permission.care_team_admin,
+        }
+    ),
+}
+
+
+def permissions_for(roles: frozenset[Role] | set[Role]) -> frozenset[Permission]:
+    """The union of the permissions of ``roles``."""
+    result: set[Permission] = set()
+    for role in roles:
+        result |= ROLE_PERMISSIONS[role]
+    return frozenset(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated user of a request."""
+
+    user_id: uuid.UUID
+    username: str
+    display_name: str
+    roles: frozenset[Role]
+    session_id: uuid.UUID | None
+    auth_method: Literal["bearer", "cookie"]
+
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        return permissions_for(self.roles)
+
+    def has(self, permission: Permission) -> bool:
+        return permission in self.permissions

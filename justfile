@@ -1,0 +1,48 @@
+# Developer tasks. `just --list` explains each; run them through `uv run just <recipe>`.
+
+set dotenv-load := false
+
+# List the recipes
+default:
+    @just --list
+
+# Run the gateway on http://127.0.0.1:8000 (embedded SQLite auth DB under ./var unless AUTH_DB_HOST is set)
+dev *args:
+    uv run gateway serve --reload {{args}}
+
+# Run the whole test suite (PostgreSQL tests need TEST_AUTH_DATABASE_URL or pg_ctl; see docs/development.md)
+test *args:
+    uv run pytest {{args}}
+
+# Lint and type-check: ruff and mypy --strict
+lint:
+    uv run ruff check .
+    uv run ruff format --check .
+    uv run mypy gateway auth_db
+
+# Format the code
+fmt:
+    uv run ruff check --fix .
+    uv run ruff format .
+
+# Autogenerate a migration from the models and apply it: just migrate "add a column"
+migrate message:
+    uv run alembic -c auth_db/alembic.ini revision --autogenerate -m "{{message}}"
+    uv run alembic -c auth_db/alembic.ini upgrade head
+
+# Upgrade the auth database to the latest revision
+upgrade:
+    uv run alembic -c auth_db/alembic.ini upgrade head
+
+# Downgrade the auth database (one revision, or to the given one)
+downgrade rev="-1":
+    uv run alembic -c auth_db/alembic.ini downgrade {{rev}}
+
+# Fail if the models and the migrations disagree
+migrations-check:
+    uv run alembic -c auth_db/alembic.ini upgrade head
+    uv run alembic -c auth_db/alembic.ini check
+
+# Print the effective configuration (secrets redacted)
+config:
+    uv run gateway config show
