@@ -1,0 +1,127 @@
+"""Per-patient access control: may this user touch this patient?
+
+A user may access a patient's record through an active care-team link or an unexpired
+break-glass grant. :func:`patient_access` is the dependency every PHI route that names a
+patient uses; it decides **before** any upstream call and writes a denial audit record when
+it refuses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from auth_db.models import BreakGlassGrant, CareTeamLink
+from auth_db.types import utcnow
+from gateway.audit import Actor, Outcome
+from gateway.deps import AuditDep, SessionFactoryDep
+from gateway.errors import Forbidden
+from gateway.security.deps import require
+from gateway.security.principal import Permission, Principal
+
+#: FHIR logical ids: https://hl7.org/fhir/R4/datatypes.html#id
+FHIR_ID_PATTERN = r"^[A-Za-z0-9\-\.]{1,64}$"
+
+PatientIdPath = Annotated[
+    str,
+    Path(pattern=FHIR_ID_PATTERN, description="FHIR Patient id", examples=["a1b2c3"]),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PatientAccess:
+    """The decision that let a request through: who, which patient, and on what basis."""
+
+    principal: Principal
+    patient_id: str
+    break_glass: bool
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.principal.user_id, self.principal.username)
+
+
+async def has_care_team_link(session: AsyncSession, user_id: uuid.UUID, patient_id: str) -> bool:
+    statement = select(CareTeamLink.id).where(
+        CareTeamLink.user_id == user_id,
+        CareTeamLink.patient_id == patient_id,
+        col(CareTeamLink.revoked_at).is_(None),
+    )
+    return (await session.exec(statement.limit(1))).first() is not None
+
+
+async def has_active_break_glass(session: AsyncSession, user_id: uuid.UUID, patient_id: str) -> bool:
+    statement = select(BreakGlassGrant.id).where(
+        BreakGlassGrant.user_id == user_id,
+        BreakGlassGrant.patient_id == patient_id,
+        BreakGlassGrant.expires_at > utcnow(),
+        col(BreakGlassGrant.revoked_at).is_(None),
+    )
+    return (await session.exec(statement.limit(1))).first() is not None
+
+
+async def grant_care_team(
+    session: AsyncSession, *, user_id: uuid.UUID, patient_id: str, granted_by: uuid.UUID | None
+) -> CareTeamLink:
+    """Give ``user_id`` a care-team link to ``patient_id`` (idempotent: an active link is returned as is).
+
+    The caller's transaction commits it.
+    """
+    statement = select(CareTeamLink).where(
+        CareTeamLink.user_id == user_id,
+        CareTeamLink.patient_id == patient_id,
+        col(CareTeamLink.revoked_at).is_(None),
+    )
+    existing = (await session.exec(statement)).first()
+    if existing is not None:
+        return existing
+    link = CareTeamLink(user_id=user_id, patient_id=patient_id, granted_by=granted_by)
+    session.add(link)
+    await session.flush()
+    return link
+
+
+def patient_access(permission: Permission, action: str) -> Callable[..., Awaitable[PatientAccess]]:
+    """A dependency granting access to the patient named by the ``patient_id`` path parameter.
+
+    Args:
+        permission: the role permission the route needs (checked first: 403 ``permission_denied``).
+        action: the audit action recorded on a denial, e.g. ``patient.read``.
+
+    Raises:
+        Forbidden: ``no_patient_relationship`` when the user has neither a care-team link nor an
+            active break-glass grant; a ``denied`` audit record is written first.
+    """
+
+    async def dependency(
+        patient_id: PatientIdPath,
+        principal: Annotated[Principal, Depends(require(permission))],
+        factory: SessionFactoryDep,
+        audit: AuditDep,
+    ) -> PatientAccess:
+        async with factory() as session:
+            if await has_care_team_link(session, principal.user_id, patient_id):
+                return PatientAccess(principal, patient_id, break_glass=False)
+            if await has_active_break_glass(session, principal.user_id, patient_id):
+                return PatientAccess(principal, patient_id, break_glass=True)
+        await audit.record(
+            action=action,
+            outcome=Outcome.denied,
+            actor=Actor(principal.user_id, principal.username),
+            patient_id=patient_id,
+            reason="no care-team link or active break-glass grant",
+        )
+        raise Forbidden(
+            "You have no care relationship with this patient. Ask an administrator for a care-team "
+            "link, or use break-glass in an emergency.",
+            code="no_patient_relationship",
+        )
+
+    dependency.__name__ = f"patient_access_{permission.name}"
+    return dependency
