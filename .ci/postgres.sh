@@ -5,12 +5,18 @@
 #   bash .ci/postgres.sh stop
 #
 # PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user.
-# The data directory lives under var/test-pg (git-ignored); the port defaults to 55433.
+# The data directory lives under var/test-pg (git-ignored) or, as root, under /var/tmp (the `postgres` user
+# must be able to reach it, which a checkout in a private temporary directory does not allow).
+# The port defaults to 55433.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 port="${TEST_PG_PORT:-55433}"
-datadir="${TEST_PG_DIR:-$here/var/test-pg}"
+if [ "$(id -u)" = "0" ]; then
+    datadir="${TEST_PG_DIR:-/var/tmp/gateway-test-pg-$port}"
+else
+    datadir="${TEST_PG_DIR:-$here/var/test-pg}"
+fi
 password="${TEST_PG_PASSWORD:-gateway-test}"
 
 bindir="$(pg_config --bindir 2>/dev/null || true)"
