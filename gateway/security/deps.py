@@ -1,26 +1,137 @@
-"""FastAPI dependencies for authentication and permissions: ``CurrentPrincipal`` and ``require``."""
+"""FastAPI dependencies for authentication and permissions: ``CurrentPrincipal`` and ``require``.
+
+A request authenticates with ``Authorization: Bearer <access token>`` or, from a browser, with the
+access cookie; cookie-authenticated unsafe requests must also pass the CSRF check. Every request
+checks in the auth database that the token's session is still alive and the account active, so
+logout, password change, disabling an account and "end sessions" take effect at once.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from auth_db.types import utcnow
+from gateway.audit import Outcome
+from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import Forbidden, NotAuthenticated
-from gateway.security.principal import Permission, Principal
+from gateway.security.authn import Authenticator, ClientInfo
+from gateway.security.csrf import check_csrf, cookie_names
+from gateway.security.passwords import PasswordService
+from gateway.security.principal import Permission, Principal, Role
+from gateway.security.sessions import load_session_user
+from gateway.security.tokens import InvalidToken, decode_access_token
+from gateway.security.totp import TotpCipher
+from gateway.system_settings import get_system_setting
+
+bearer_scheme = OAuth2PasswordBearer(
+    tokenUrl="/auth/token",
+    auto_error=False,
+    scheme_name="bearer",
+    description="Access token from POST /auth/token (or the access cookie set by POST /auth/login).",
+)
 
 
-async def current_principal(request: Request) -> Principal:
+async def authenticated_principal(
+    request: Request,
+    settings: SettingsDep,
+    session: SessionDep,
+    audit: AuditDep,
+    bearer: Annotated[str | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The authenticated user, including accounts that must first change their password or enrol TOTP.
+
+    Only the account's own endpoints (``/auth/me``, password, TOTP, logout) use this directly;
+    everything else uses :data:`CurrentPrincipal`.
+
+    Raises:
+        NotAuthenticated: ``not_authenticated`` (no credentials), ``token_expired``, ``invalid_token``
+            or ``session_ended`` (logged out, revoked, idle/absolute timeout, or account disabled).
+        Forbidden: ``csrf_failed`` for a cookie-authenticated unsafe request without a matching
+            ``X-CSRF-Token`` header.
+    """
+    method: Literal["bearer", "cookie"]
+    if bearer:
+        token, method = bearer, "bearer"
+    else:
+        cookie = request.cookies.get(cookie_names(settings).access)
+        if not cookie:
+            raise NotAuthenticated("Sign in or present a bearer token.")
+        token, method = cookie, "cookie"
+    try:
+        claims = decode_access_token(settings, token)
+    except InvalidToken as exc:
+        if str(exc) == "ExpiredSignatureError":
+            raise NotAuthenticated(
+                "The access token has expired; refresh it.", code="token_expired"
+            ) from None
+        await audit.record(action="auth.token_rejected", outcome=Outcome.denied, reason=str(exc))
+        raise NotAuthenticated("The access token is not valid.", code="invalid_token") from None
+    if method == "cookie":
+        check_csrf(request, settings)
+    principal = await principal_for(session, claims.user_id, claims.session_family, method)
+    request.state.user_id = str(principal.user_id)
+    return principal
+
+
+async def principal_for(
+    session: AsyncSession, user_id: uuid.UUID, family_id: uuid.UUID, method: Literal["bearer", "cookie"]
+) -> Principal:
+    """The principal of ``user_id`` in session ``family_id``, checked alive in the auth database.
+
+    Raises:
+        NotAuthenticated: ``session_ended``.
+    """
+    loaded = await load_session_user(session, user_id=user_id, family_id=family_id, now=utcnow())
+    if loaded is None:
+        raise NotAuthenticated("This session has ended; sign in again.", code="session_ended")
+    user, role_names = loaded
+    roles = frozenset(Role(name) for name in role_names if name in Role.__members__)
+    enrolment = False
+    if Role.admin in roles and not user.totp_enabled:
+        enrolment = await get_system_setting(session, "require_2fa_for_admins")
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        display_name=user.display_name,
+        roles=roles,
+        session_id=family_id,
+        auth_method=method,
+        must_change_password=user.must_change_password,
+        totp_enrolment_required=enrolment,
+    )
+
+
+AuthenticatedPrincipal = Annotated[Principal, Depends(authenticated_principal)]
+
+
+async def current_principal(principal: AuthenticatedPrincipal) -> Principal:
     """The authenticated user of this request (bearer token or session cookie).
 
     Raises:
-        NotAuthenticated: no valid credentials were presented.
+        NotAuthenticated: no valid credentials were presented (see :func:`authenticated_principal`).
+        Forbidden: ``password_change_required`` or ``totp_enrolment_required`` until the account
+            has done that.
     """
-    raise NotAuthenticated("Sign in or present a bearer token.")
+    if principal.must_change_password:
+        raise Forbidden("Change your password first (POST /auth/password).", code="password_change_required")
+    if principal.totp_enrolment_required:
+        raise Forbidden(
+            "Administrators must enrol two-factor authentication first (POST /auth/totp/enrol).",
+            code="totp_enrolment_required",
+        )
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+#: Aliases under the names the issue uses.
+current_user = current_principal
+CurrentUser = CurrentPrincipal
 
 
 def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
@@ -33,3 +144,44 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
 
     dependency.__name__ = f"require_{permission.name}"
     return dependency
+
+
+def get_password_service(request: Request, settings: SettingsDep) -> PasswordService:
+    """The app's password hasher (created once per app, on first use)."""
+    service: PasswordService | None = getattr(request.app.state, "password_service", None)
+    if service is None:
+        service = PasswordService(settings)
+        request.app.state.password_service = service
+    return service
+
+
+PasswordsDep = Annotated[PasswordService, Depends(get_password_service)]
+
+
+def get_authenticator(
+    settings: SettingsDep, factory: SessionFactoryDep, audit: AuditDep, passwords: PasswordsDep
+) -> Authenticator:
+    """The login/refresh/logout use-cases bound to this request."""
+    return Authenticator(settings, factory, audit, passwords)
+
+
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+
+
+def get_totp_cipher(settings: SettingsDep) -> TotpCipher:
+    """Encrypts TOTP secrets with the configured key."""
+    return TotpCipher(settings)
+
+
+TotpCipherDep = Annotated[TotpCipher, Depends(get_totp_cipher)]
+
+
+def client_info(request: Request) -> ClientInfo:
+    """The client address and user agent of this request."""
+    return ClientInfo(
+        addr=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+ClientInfoDep = Annotated[ClientInfo, Depends(client_info)]

@@ -68,6 +68,10 @@ class Principal:
     roles: frozenset[Role]
     session_id: uuid.UUID | None
     auth_method: Literal["bearer", "cookie"]
+    #: The account must change its password before it may do anything but that (and ``/auth/me``).
+    must_change_password: bool = False
+    #: ``require_2fa_for_admins`` is on and this admin has not enrolled TOTP yet.
+    totp_enrolment_required: bool = False
 
     @property
     def permissions(self) -> frozenset[Permission]:

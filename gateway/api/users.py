@@ -1,0 +1,307 @@
+"""``/admin/users``: account administration (needs the ``user:admin`` permission).
+
+Every change is audited (``admin.*`` actions). See ``docs/admin-guide.md``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from auth_db.types import utcnow
+from gateway.api.account_schemas import (
+    PasswordReset,
+    PasswordResetResult,
+    SessionInfo,
+    SessionsEnded,
+    UserCreate,
+    UserCreated,
+    UserPage,
+    UserPublic,
+    UserUpdate,
+)
+from gateway.audit import Actor, Outcome
+from gateway.deps import AuditDep, SessionDep
+from gateway.errors import ApiError, problem_responses
+from gateway.security.deps import PasswordsDep, require
+from gateway.security.passwords import check_password_policy, generate_password
+from gateway.security.principal import Permission, Principal, Role
+from gateway.security.sessions import revoke_user_sessions
+from gateway.security.totp import clear_totp
+from gateway.services import accounts
+
+router = APIRouter(prefix="/admin/users", tags=["admin: users"])
+Admin = Annotated[Principal, Depends(require(Permission.user_admin))]
+ERRORS = problem_responses(401, 403, 404, 422)
+
+
+def _actor(principal: Principal) -> Actor:
+    return Actor(principal.user_id, principal.username)
+
+
+@router.post(
+    "",
+    response_model=UserCreated,
+    status_code=status.HTTP_201_CREATED,
+    responses=ERRORS | problem_responses(409),
+)
+async def create_user(
+    body: UserCreate, admin: Admin, session: SessionDep, passwords: PasswordsDep, audit: AuditDep
+) -> UserCreated:
+    """Create an account; it must change its password at first login."""
+    try:
+        accounts.check_grantable(admin, body.roles)
+    except ApiError:
+        await audit.record(
+            action="admin.user_create",
+            outcome=Outcome.denied,
+            actor=_actor(admin),
+            reason="role escalation",
+            details={"roles": sorted(body.roles)},
+        )
+        raise
+    temporary = None
+    if body.initial_password is None:
+        temporary = generate_password()
+    else:
+        check_password_policy(body.initial_password, [body.username, body.display_name, body.email or ""])
+    user = await accounts.create_user(
+        session,
+        username=body.username,
+        display_name=body.display_name,
+        email=body.email,
+        roles=body.roles,
+        password_hash=await passwords.hash(body.initial_password or temporary or ""),
+        must_change_password=True,
+    )
+    await audit.record(
+        action="admin.user_create",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user.id),
+        details={"roles": sorted(body.roles)},
+    )
+    return UserCreated(user=accounts.public(user, body.roles), temporary_password=temporary)
+
+
+@router.get("", response_model=UserPage, responses=problem_responses(401, 403, 422))
+async def list_users(
+    admin: Admin,
+    session: SessionDep,
+    q: Annotated[str | None, Query(max_length=100, description="Part of username, name or email.")] = None,
+    role: Role | None = None,
+    active: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> UserPage:
+    """List accounts ordered by username, with optional filters."""
+    items, total = await accounts.list_users(
+        session, query=q, role=role, active=active, limit=limit, offset=offset
+    )
+    return UserPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{user_id}", response_model=UserPublic, responses=ERRORS)
+async def read_user(user_id: uuid.UUID, admin: Admin, session: SessionDep) -> UserPublic:
+    """One account."""
+    user = await accounts.get_user(session, user_id)
+    return accounts.public(user, await accounts.roles_of(session, user_id))
+
+
+@router.patch("/{user_id}", response_model=UserPublic, responses=ERRORS | problem_responses(409))
+async def update_user(
+    user_id: uuid.UUID, body: UserUpdate, admin: Admin, session: SessionDep, audit: AuditDep
+) -> UserPublic:
+    """Change name, email or roles (only roles you hold; never demote the last admin)."""
+    user = await accounts.get_user(session, user_id)
+    roles = await accounts.roles_of(session, user_id)
+    details: dict[str, object] = {"fields": sorted(body.model_fields_set)}
+    if body.roles is not None and set(body.roles) != set(roles):
+        new_roles = frozenset(body.roles)
+        try:
+            accounts.check_grantable(admin, new_roles - roles)
+            if Role.admin in roles and Role.admin not in new_roles:
+                await accounts.ensure_not_last_admin(session, user_id)
+        except ApiError:
+            await audit.record(
+                action="admin.user_update",
+                outcome=Outcome.denied,
+                actor=_actor(admin),
+                target_type="user",
+                target_id=str(user_id),
+                details={"roles": sorted(new_roles)},
+            )
+            raise
+        await accounts.set_roles(session, user_id, new_roles)
+        details["roles"] = {"from": sorted(roles), "to": sorted(new_roles)}
+        roles = new_roles
+    if body.display_name is not None:
+        user.display_name = body.display_name
+    if "email" in body.model_fields_set:
+        await accounts.ensure_email_free(session, body.email, except_id=user_id)
+        user.email = body.email.lower() if body.email else None
+    user.updated_at = utcnow()
+    session.add(user)
+    await session.flush()
+    await audit.record(
+        action="admin.user_update",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+        details=details,
+    )
+    return accounts.public(user, roles)
+
+
+@router.post("/{user_id}/disable", response_model=UserPublic, responses=ERRORS | problem_responses(409))
+async def disable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, audit: AuditDep) -> UserPublic:
+    """Disable an account and end all its sessions (never the last active admin)."""
+    user = await accounts.get_user(session, user_id)
+    roles = await accounts.roles_of(session, user_id)
+    if Role.admin in roles and user.is_active:
+        try:
+            await accounts.ensure_not_last_admin(session, user_id)
+        except ApiError:
+            await audit.record(
+                action="admin.user_disable",
+                outcome=Outcome.denied,
+                actor=_actor(admin),
+                target_type="user",
+                target_id=str(user_id),
+                reason="last active administrator",
+            )
+            raise
+    user.is_active = False
+    user.updated_at = utcnow()
+    session.add(user)
+    ended = await revoke_user_sessions(session, user_id, reason="account_disabled", now=utcnow())
+    await audit.record(
+        action="admin.user_disable",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+        details={"sessions_ended": ended},
+    )
+    return accounts.public(user, roles)
+
+
+@router.post("/{user_id}/enable", response_model=UserPublic, responses=ERRORS)
+async def enable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, audit: AuditDep) -> UserPublic:
+    """Enable a disabled account."""
+    user = await accounts.get_user(session, user_id)
+    user.is_active = True
+    user.updated_at = utcnow()
+    session.add(user)
+    await audit.record(
+        action="admin.user_enable",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+    )
+    return accounts.public(user, await accounts.roles_of(session, user_id))
+
+
+@router.post("/{user_id}/reset-password", response_model=PasswordResetResult, responses=ERRORS)
+async def reset_password(
+    user_id: uuid.UUID,
+    body: PasswordReset,
+    admin: Admin,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    audit: AuditDep,
+) -> PasswordResetResult:
+    """Set a temporary password (to be changed at next login) and end all sessions."""
+    user = await accounts.get_user(session, user_id)
+    try:
+        accounts.check_takeover(admin, await accounts.roles_of(session, user_id))
+    except ApiError:
+        await audit.record(
+            action="admin.password_reset",
+            outcome=Outcome.denied,
+            actor=_actor(admin),
+            target_type="user",
+            target_id=str(user_id),
+            reason="role escalation",
+        )
+        raise
+    temporary = None
+    if body.new_password is None:
+        temporary = generate_password()
+    else:
+        check_password_policy(body.new_password, [user.username, user.display_name, user.email or ""])
+    now = utcnow()
+    user.password_hash = await passwords.hash(body.new_password or temporary or "")
+    user.must_change_password = True
+    user.password_changed_at = user.updated_at = now
+    session.add(user)
+    ended = await revoke_user_sessions(session, user_id, reason="password_reset", now=now)
+    await audit.record(
+        action="admin.password_reset",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+        details={"sessions_ended": ended},
+    )
+    return PasswordResetResult(temporary_password=temporary, sessions_ended=ended)
+
+
+@router.post("/{user_id}/totp/reset", response_model=UserPublic, responses=ERRORS)
+async def reset_totp(user_id: uuid.UUID, admin: Admin, session: SessionDep, audit: AuditDep) -> UserPublic:
+    """Switch off two-factor authentication of an account that lost its device; ends its sessions."""
+    user = await accounts.get_user(session, user_id)
+    roles = await accounts.roles_of(session, user_id)
+    try:
+        accounts.check_takeover(admin, roles)
+    except ApiError:
+        await audit.record(
+            action="admin.totp_reset",
+            outcome=Outcome.denied,
+            actor=_actor(admin),
+            target_type="user",
+            target_id=str(user_id),
+            reason="role escalation",
+        )
+        raise
+    await clear_totp(session, user)
+    ended = await revoke_user_sessions(session, user_id, reason="totp_reset", now=utcnow())
+    await audit.record(
+        action="admin.totp_reset",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+        details={"sessions_ended": ended},
+    )
+    return accounts.public(user, roles)
+
+
+@router.get("/{user_id}/sessions", response_model=list[SessionInfo], responses=ERRORS)
+async def list_sessions(user_id: uuid.UUID, admin: Admin, session: SessionDep) -> list[SessionInfo]:
+    """The live sessions of an account."""
+    await accounts.get_user(session, user_id)
+    return await accounts.session_infos(session, user_id)
+
+
+@router.delete("/{user_id}/sessions", response_model=SessionsEnded, responses=ERRORS)
+async def end_sessions(
+    user_id: uuid.UUID, admin: Admin, session: SessionDep, audit: AuditDep
+) -> SessionsEnded:
+    """End every session of an account at once (its access tokens stop working immediately)."""
+    await accounts.get_user(session, user_id)
+    ended = await revoke_user_sessions(session, user_id, reason="ended_by_admin", now=utcnow())
+    await audit.record(
+        action="admin.sessions_end",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+        details={"sessions_ended": ended},
+    )
+    return SessionsEnded(sessions_ended=ended)

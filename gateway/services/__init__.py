@@ -1,0 +1,1 @@
+"""Use-cases that combine stores (accounts, patients, letters…); routers call these."""
