@@ -13,7 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db import migrate
 from auth_db.engine import create_engine, create_session_factory
-from gateway.api import health
+from gateway.api import auth, health, users
+from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
 from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
@@ -79,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.include_router(settings_api.router)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
