@@ -242,18 +242,18 @@ class Authenticator:
         return IssuedTokens(user.id, user.username, row.family_id, access, ttl, token, row.expires_at)
 
     async def _refresh_rejected(self, rejected: session_store.RefreshRejected, now: datetime) -> None:
-        row = rejected.row
-        actor = Actor(row.user_id, None) if row else None
-        target_id = str(row.family_id) if row else None
-        if rejected.reason == "reuse" and row is not None:
+        actor = Actor(rejected.user_id, None) if rejected.user_id else None
+        family = rejected.family_id
+        target_type, target_id = ("session", str(family)) if family else (None, None)
+        if rejected.reason == "reuse" and family is not None:
             async with transaction(self.factory) as session:
-                await session_store.revoke_family(session, row.family_id, reason="refresh_reuse", now=now)
+                await session_store.revoke_family(session, family, reason="refresh_reuse", now=now)
             await self.audit.record(
                 action="auth.refresh_reuse",
                 outcome=Outcome.denied,
                 actor=actor,
                 reason="an already used refresh token was presented; session family revoked",
-                target_type="session",
+                target_type=target_type,
                 target_id=target_id,
             )
             return
@@ -262,7 +262,7 @@ class Authenticator:
             outcome=Outcome.failure,
             actor=actor,
             reason=rejected.reason,
-            target_type="session" if row else None,
+            target_type=target_type,
             target_id=target_id,
         )
 

@@ -81,7 +81,9 @@ class RefreshRejected(Exception):
     def __init__(self, reason: str, row: AuthSession | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.row = row
+        # Plain values: the row is expired when the transaction rolls back.
+        self.user_id = row.user_id if row is not None else None
+        self.family_id = row.family_id if row is not None else None
 
 
 async def find_by_token(session: AsyncSession, token: str) -> AuthSession | None:

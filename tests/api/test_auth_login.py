@@ -38,9 +38,11 @@ class TestBrowserLogin:
         assert body["expires_in"] == 900
         cookies = {c.split("=", 1)[0]: c for c in response.headers.get_list("set-cookie")}
         assert set(cookies) == {"gw_access", "gw_refresh", "gw_csrf"}
-        assert "HttpOnly" in cookies["gw_access"] and "Path=/;" in cookies["gw_access"] + ";"
+        assert "HttpOnly" in cookies["gw_access"]
+        assert "Path=/;" in cookies["gw_access"] + ";"
         assert "SameSite=strict" in cookies["gw_access"]
-        assert "HttpOnly" in cookies["gw_refresh"] and "Path=/auth/refresh" in cookies["gw_refresh"]
+        assert "HttpOnly" in cookies["gw_refresh"]
+        assert "Path=/auth/refresh" in cookies["gw_refresh"]
         assert "HttpOnly" not in cookies["gw_csrf"]
         assert client.cookies["gw_csrf"] == body["csrf_token"]
         assert ("auth.login", "success") in await audit_actions(session_factory)
@@ -103,7 +105,8 @@ class TestBrowserLogin:
         assert replay.json()["code"] == "session_ended"
         async with session_factory() as session:
             rows = (await session.exec(select(AuthSession))).all()
-        assert rows and all(row.revoked_reason == "logout" for row in rows)
+        assert rows
+        assert all(row.revoked_reason == "logout" for row in rows)
 
 
 class TestTokenLogin:

@@ -1,0 +1,208 @@
+"""Refresh-token rotation, reuse detection, concurrent refreshes, timeouts and session revocation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from auth_db.engine import SessionFactory
+from auth_db.models import AuthSession
+from auth_db.types import utcnow
+from tests.factories import DEFAULT_PASSWORD, audit_actions, browser_login, create_user, login_tokens
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class TestRefresh:
+    async def test_body_refresh_rotates_the_refresh_token(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        first = await login_tokens(client, "tool")
+        response = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert response.status_code == 200
+        second = response.json()
+        assert second["token_type"] == "bearer"
+        assert second["refresh_token"] != first["refresh_token"]
+        assert (await client.get("/auth/me", headers=bearer(second["access_token"]))).status_code == 200
+        # Both access tokens name the same live session family.
+        assert (await client.get("/auth/me", headers=bearer(first["access_token"]))).status_code == 200
+        async with session_factory() as session:
+            rows = (await session.exec(select(AuthSession))).all()
+        assert len(rows) == 2
+        assert len({row.family_id for row in rows}) == 1
+        assert all(first["refresh_token"] not in row.refresh_token_hash for row in rows)
+
+    async def test_reusing_a_used_refresh_token_revokes_the_whole_family(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        first = await login_tokens(client, "tool")
+        second = (await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
+        replay = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert replay.status_code == 401
+        assert replay.json()["code"] == "invalid_refresh_token"
+        # The legitimate successor is dead too, and so are the family's access tokens.
+        successor = await client.post("/auth/refresh", json={"refresh_token": second["refresh_token"]})
+        assert successor.status_code == 401
+        me = await client.get("/auth/me", headers=bearer(second["access_token"]))
+        assert me.json()["code"] == "session_ended"
+        async with session_factory() as session:
+            rows = (await session.exec(select(AuthSession))).all()
+        assert all(row.revoked_reason == "refresh_reuse" for row in rows)
+        assert ("auth.refresh_reuse", "denied") in await audit_actions(session_factory)
+
+    async def test_reuse_in_one_family_leaves_other_sessions_alone(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        laptop = await login_tokens(client, "tool")
+        phone = await login_tokens(client, "tool")
+        await client.post("/auth/refresh", json={"refresh_token": laptop["refresh_token"]})
+        await client.post("/auth/refresh", json={"refresh_token": laptop["refresh_token"]})
+        assert (await client.get("/auth/me", headers=bearer(phone["access_token"]))).status_code == 200
+
+    async def test_concurrent_refreshes_with_one_token_at_most_one_succeeds(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        tokens = await login_tokens(client, "tool")
+        responses = await asyncio.gather(
+            *[client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]}) for _ in range(8)]
+        )
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses.count(200) <= 1
+        assert set(statuses) <= {200, 401}
+        async with session_factory() as session:
+            unused = (
+                await session.exec(
+                    select(AuthSession).where(
+                        col(AuthSession.used_at).is_(None), col(AuthSession.revoked_at).is_(None)
+                    )
+                )
+            ).all()
+        assert len(unused) <= 1
+
+    async def test_cookie_refresh_needs_csrf_and_sets_new_cookies(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        body = await browser_login(client, "carol")
+        old_refresh = client.cookies["gw_refresh"]
+        refused = await client.post("/auth/refresh")
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "csrf_failed"
+        response = await client.post("/auth/refresh", headers={"X-CSRF-Token": str(body["csrf_token"])})
+        assert response.status_code == 200
+        refreshed = response.json()
+        assert refreshed["access_token"] is None
+        assert refreshed["csrf_token"] == client.cookies["gw_csrf"] != body["csrf_token"]
+        assert client.cookies["gw_refresh"] != old_refresh
+        assert (await client.get("/auth/me")).status_code == 200
+
+    async def test_missing_or_unknown_refresh_token_is_401(self, client: httpx.AsyncClient) -> None:
+        assert (await client.post("/auth/refresh")).json()["code"] == "invalid_refresh_token"
+        response = await client.post("/auth/refresh", json={"refresh_token": "made-up"})
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_refresh_token"
+
+    async def test_expired_session_cannot_refresh_and_its_access_tokens_stop(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        tokens = await login_tokens(client, "tool")
+        async with session_factory() as session:
+            await session.exec(update(AuthSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+            await session.commit()
+        response = await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert response.json()["code"] == "invalid_refresh_token"
+        assert (await client.get("/auth/me", headers=bearer(tokens["access_token"]))).status_code == 401
+
+    async def test_refresh_never_extends_past_the_absolute_lifetime(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        tokens = await login_tokens(client, "tool")
+        # Pretend the login was 12 hours minus one minute ago (absolute lifetime: 720 minutes).
+        async with session_factory() as session:
+            await session.exec(
+                update(AuthSession).values(family_created_at=utcnow() - timedelta(minutes=719))
+            )
+            await session.commit()
+        second = (await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})).json()
+        async with session_factory() as session:
+            row = (await session.exec(select(AuthSession).where(col(AuthSession.used_at).is_(None)))).one()
+        assert row.expires_at <= utcnow() + timedelta(minutes=1)
+        assert second["refresh_token"]
+
+    async def test_idle_timeout_comes_from_the_system_setting(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="admin", roles=["admin"])
+        admin = await login_tokens(client, "admin")
+        put = await client.put(
+            "/settings/system/session_idle_timeout_minutes",
+            json={"value": 5},
+            headers=bearer(admin["access_token"]),
+        )
+        assert put.status_code == 200
+        await login_tokens(client, "admin")
+        async with session_factory() as session:
+            newest = (
+                await session.exec(select(AuthSession).order_by(col(AuthSession.created_at).desc()))
+            ).first()
+        assert newest is not None
+        assert newest.expires_at - newest.created_at == timedelta(minutes=5)
+
+
+class TestRevocation:
+    async def test_password_change_ends_every_session(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        one = await login_tokens(client, "carol")
+        two = await login_tokens(client, "carol")
+        response = await client.post(
+            "/auth/password",
+            json={"current_password": DEFAULT_PASSWORD, "new_password": "A-Brand-New-Passphrase-77"},
+            headers=bearer(one["access_token"]),
+        )
+        assert response.status_code == 204
+        for tokens in (one, two):
+            assert (await client.get("/auth/me", headers=bearer(tokens["access_token"]))).status_code == 401
+            refresh = await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+            assert refresh.status_code == 401
+        assert (await login_tokens(client, "carol", "A-Brand-New-Passphrase-77"))["access_token"]
+        assert ("auth.password_change", "success") in await audit_actions(session_factory)
+
+    async def test_password_change_checks_current_password_and_policy(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        headers = bearer((await login_tokens(client, "carol"))["access_token"])
+        wrong = await client.post(
+            "/auth/password",
+            json={"current_password": "not-my-password", "new_password": "A-Brand-New-Passphrase-77"},
+            headers=headers,
+        )
+        assert wrong.status_code == 403
+        assert wrong.json()["code"] == "invalid_current_password"
+        for new, code in [
+            ("short", "weak_password"),
+            ("password1234", "weak_password"),
+            ("carolcarolcarol", "weak_password"),
+            (DEFAULT_PASSWORD, "password_unchanged"),
+        ]:
+            response = await client.post(
+                "/auth/password",
+                json={"current_password": DEFAULT_PASSWORD, "new_password": new},
+                headers=headers,
+            )
+            assert response.status_code == 422, new
+            assert response.json()["code"] == code, new
