@@ -1,0 +1,106 @@
+"""The AQL the gateway runs, always with ``query_parameters`` (values are never spliced into the text).
+
+Each query is a constant; callers pass values only through :func:`aql_request`, which puts them in the
+``query_parameters`` object of ``POST /query/aql``. EHRbase binds ``$name`` placeholders itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: Letter summaries of one EHR and one template, newest first. A literal: nothing is ever formatted in.
+LIST_LETTERS = (
+    "SELECT c/uid/value AS uid, "
+    "s/name/value AS title, "
+    "c/context/other_context[at0001]/items[at0005]/value/value AS status, "
+    "c/composer/name AS author, "
+    "c/composer/external_ref/id/value AS author_id, "
+    "c/context/start_time/value AS date "
+    "FROM EHR e "
+    "CONTAINS COMPOSITION c[openEHR-EHR-COMPOSITION.report.v1] "
+    "CONTAINS SECTION s[openEHR-EHR-SECTION.adhoc.v1] "
+    "WHERE e/ehr_id/value = $ehr_id "
+    "AND c/archetype_details/template_id/value = $template_id "
+    "ORDER BY c/context/start_time/value DESC"
+)
+
+SUMMARY_COLUMNS = ("uid", "title", "status", "author", "author_id", "date")
+
+
+@dataclass(frozen=True, slots=True)
+class LetterSummary:
+    """One row of :data:`LIST_LETTERS`."""
+
+    uid: str
+    title: str
+    status: str
+    author: str
+    author_id: str | None
+    date: str
+
+
+class ResultSetError(ValueError):
+    """An AQL result set without the columns the gateway asked for."""
+
+
+def aql_request(
+    query: str, parameters: dict[str, str], *, offset: int | None = None, fetch: int | None = None
+) -> dict[str, Any]:
+    """The body of ``POST /query/aql``.
+
+    Args:
+        query: one of this module's constants (placeholders ``$name``).
+        parameters: the value of every placeholder.
+        offset: rows to skip.
+        fetch: rows to return at most.
+    """
+    body: dict[str, Any] = {"q": query, "query_parameters": dict(parameters)}
+    if offset is not None:
+        body["offset"] = offset
+    if fetch is not None:
+        body["fetch"] = fetch
+    return body
+
+
+def list_letters_request(*, ehr_id: str, template_id: str, offset: int, fetch: int) -> dict[str, Any]:
+    """The AQL request listing letter summaries of ``ehr_id`` (one page)."""
+    return aql_request(
+        LIST_LETTERS, {"ehr_id": ehr_id, "template_id": template_id}, offset=offset, fetch=fetch
+    )
+
+
+def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
+    """Letter summaries from an AQL result set, matched to columns by name (not position).
+
+    Raises:
+        ResultSetError: a column is missing or a row is malformed.
+    """
+    columns = result_set.get("columns")
+    rows = result_set.get("rows")
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        raise ResultSetError("result set without columns/rows")
+    names = [column.get("name") if isinstance(column, dict) else None for column in columns]
+    try:
+        index = {name: names.index(name) for name in SUMMARY_COLUMNS}
+    except ValueError:
+        raise ResultSetError("result set lacks a summary column") from None
+    summaries: list[LetterSummary] = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) < len(names):
+            raise ResultSetError("malformed row")
+        uid = row[index["uid"]]
+        if not isinstance(uid, str):
+            raise ResultSetError("row without uid")
+        author_id = row[index["author_id"]]
+        summaries.append(
+            LetterSummary(
+                uid=uid,
+                title=str(row[index["title"]] or ""),
+                status=str(row[index["status"]] or ""),
+                author=str(row[index["author"]] or ""),
+                author_id=str(author_id) if author_id is not None else None,
+                date=str(row[index["date"]] or ""),
+            )
+        )
+    return summaries
