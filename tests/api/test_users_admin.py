@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
-from sqlmodel import select
+from sqlmodel import col, select
 
 from auth_db.engine import SessionFactory
-from auth_db.models import AuditEvent
+from auth_db.models import AuditEvent, User
 from tests.factories import DEFAULT_PASSWORD, audit_actions, bearer_headers, create_user, login_tokens
 
 NEW_PASSWORD = "Another-Long-Passphrase-31"
@@ -191,6 +193,22 @@ class TestLastAdmin:
         # A disabled admin does not count: enabling brings them back.
         assert (await client.post(f"/admin/users/{other.id}/enable", headers=headers)).status_code == 200
         assert (await client.post(f"/admin/users/{me['id']}/disable", headers=headers)).status_code == 200
+
+    async def test_two_admins_disabling_each_other_at_once_leave_one_active(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        first = await create_user(session_factory, username="first", roles=["admin"])
+        second = await create_user(session_factory, username="second", roles=["admin"])
+        first_headers = await bearer_headers(client, "first")
+        second_headers = await bearer_headers(client, "second")
+        results = await asyncio.gather(
+            client.post(f"/admin/users/{second.id}/disable", headers=first_headers),
+            client.post(f"/admin/users/{first.id}/disable", headers=second_headers),
+        )
+        assert sorted(r.status_code for r in results) != [200, 200]
+        async with session_factory() as session:
+            active = (await session.exec(select(User).where(col(User.is_active).is_(True)))).all()
+        assert len(active) == 1
 
 
 class TestDisableAndSessions:

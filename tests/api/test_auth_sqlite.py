@@ -1,0 +1,37 @@
+"""Smoke test of the auth flows on the embedded SQLite default (no PostgreSQL needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from auth_db.engine import create_engine, create_session_factory
+from gateway.settings import Settings
+from tests.conftest import running_app
+from tests.factories import DEFAULT_PASSWORD, create_user
+
+
+async def test_login_refresh_throttle_and_logout_on_sqlite(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(auth_db_sqlite_path=tmp_path / "auth.db")
+    async with running_app(settings) as client:
+        engine = create_engine(settings.computed_auth_database_url)
+        try:
+            await create_user(create_session_factory(engine), username="carol", roles=["clinician"])
+        finally:
+            await engine.dispose()
+        wrong = await client.post("/auth/login", json={"username": "carol", "password": "wrong-password-x"})
+        assert wrong.json()["code"] == "invalid_credentials"
+        login = await client.post("/auth/login", json={"username": "carol", "password": DEFAULT_PASSWORD})
+        assert login.status_code == 200, login.text
+        csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
+        assert (await client.get("/auth/me")).json()["username"] == "carol"
+        assert (await client.post("/auth/refresh", headers=csrf)).status_code == 200
+        csrf = {"X-CSRF-Token": client.cookies["gw_csrf"]}
+        assert (await client.post("/auth/logout", headers=csrf)).status_code == 204
+        assert (await client.get("/auth/me")).status_code == 401
+        for _ in range(5):
+            await client.post("/auth/login", json={"username": "carol", "password": "wrong-password-x"})
+        locked = await client.post("/auth/login", json={"username": "carol", "password": DEFAULT_PASSWORD})
+        assert locked.status_code == 429
