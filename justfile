@@ -46,3 +46,7 @@ migrations-check:
 # Print the effective configuration (secrets redacted)
 config:
     uv run gateway config show
+
+# Create an administrator (prompts for the password): just create-admin alice [--email a@example.org]
+create-admin username *args:
+    uv run gateway users create-admin --username {{username}} {{args}}
