@@ -58,6 +58,8 @@ class SettingDefinition:
             raise _invalid(self.key, "expected a string")
         if self.choices is not None and value not in self.choices:
             raise _invalid(self.key, f"must be one of {', '.join(self.choices)}")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise _invalid(self.key, "must not contain control characters")
         if len(value) > self.max_length:
             raise _invalid(self.key, f"must be at most {self.max_length} characters")
         return value

@@ -25,7 +25,11 @@ Username = Annotated[
     BeforeValidator(lambda value: value.strip().lower() if isinstance(value, str) else value),
     StringConstraints(pattern=r"^[a-z0-9][a-z0-9._\-]{2,63}$"),
 ]
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+#: No control characters (PostgreSQL text cannot even hold NUL): such input is a 422, never a 500.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+DisplayName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=PRINTABLE)
+]
 Password = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"format": "password"})]
 OtpCode = Annotated[str, StringConstraints(strip_whitespace=True, min_length=6, max_length=10)]
 RecoveryCodeStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=8, max_length=64)]
@@ -41,7 +45,7 @@ class Strict(BaseModel):
 class LoginRequest(Strict):
     """Browser login. Accounts with two-factor authentication also send one of the codes."""
 
-    username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PRINTABLE)]
     password: Password
     totp_code: OtpCode | None = Field(default=None, description="6-digit code of the authenticator app.")
     recovery_code: RecoveryCodeStr | None = Field(default=None, description="One of the recovery codes.")
@@ -92,7 +96,7 @@ class TokenResponse(BaseModel):
 class RefreshRequest(Strict):
     """A refresh token in the body (tools); browsers send the refresh cookie instead and no body."""
 
-    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=PRINTABLE)]
 
 
 class RefreshResponse(BaseModel):

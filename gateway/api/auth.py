@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Form, Request, Response, status
 
 from auth_db.types import utcnow
 from gateway.api.account_schemas import (
+    PRINTABLE,
     LoginRequest,
     LoginResponse,
     MeResponse,
@@ -112,7 +113,7 @@ async def _principal_after_login(request: Request, session: SessionDep, issued: 
 async def token(
     authenticator: AuthenticatorDep,
     client: ClientInfoDep,
-    username: Annotated[str, Form(min_length=1, max_length=64)],
+    username: Annotated[str, Form(min_length=1, max_length=64, pattern=PRINTABLE)],
     password: Annotated[str, Form(min_length=1, max_length=128, json_schema_extra={"format": "password"})],
     grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
     scope: Annotated[str, Form(max_length=200)] = "",

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, status
 
 from auth_db.types import utcnow
 from gateway.api.account_schemas import (
+    PRINTABLE,
     PasswordReset,
     PasswordResetResult,
     SessionInfo,
@@ -91,7 +92,9 @@ async def create_user(
 async def list_users(
     admin: Admin,
     session: SessionDep,
-    q: Annotated[str | None, Query(max_length=100, description="Part of username, name or email.")] = None,
+    q: Annotated[
+        str | None, Query(max_length=100, pattern=PRINTABLE, description="Part of username, name or email.")
+    ] = None,
     role: Role | None = None,
     active: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -241,6 +241,26 @@ class TestBadLogins:
         response = await client.post("/auth/token", data={"username": "x"})
         assert response.status_code == 422
 
+    async def test_control_characters_are_422_not_500(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["admin", "clinician"])
+        login = await client.post("/auth/login", json={"username": "car\u0000ol", "password": "x"})
+        assert login.status_code == 422
+        token = await client.post("/auth/token", data={"username": "car\x00ol", "password": "x"})
+        assert token.status_code == 422
+        refresh = await client.post("/auth/refresh", json={"refresh_token": "a\u0000b"})
+        assert refresh.status_code == 422
+        headers = await bearer_headers(client, "carol")
+        profile = await client.patch("/auth/me", json={"display_name": "Ca\u0000rol"}, headers=headers)
+        assert profile.status_code == 422
+        search = await client.get("/admin/users", params={"q": "a\x00"}, headers=headers)
+        assert search.status_code == 422
+        setting = await client.put(
+            "/settings/user/timezone", json={"value": "Europe/\u0000"}, headers=headers
+        )
+        assert setting.json()["code"] == "invalid_setting_value"
+
     async def test_anonymous_requests_are_401(self, client: httpx.AsyncClient) -> None:
         for method, path in [("GET", "/auth/me"), ("POST", "/auth/logout"), ("GET", "/admin/users")]:
             response = await client.request(method, path)
