@@ -50,3 +50,7 @@ config:
 # Create an administrator (prompts for the password): just create-admin alice [--email a@example.org]
 create-admin username *args:
     uv run gateway users create-admin --username {{username}} {{args}}
+
+# Upload our openEHR templates to EHRbase (missing ones) and replace changed ones (admin credentials)
+templates-sync:
+    uv run gateway templates sync

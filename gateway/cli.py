@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_users import users_app
+from gateway.openehr.cli import templates_app
 from gateway.settings import ConfigError, Settings, load_settings, redacted
 
 app = typer.Typer(help="FHIR/openEHR gateway administration.", no_args_is_help=True, add_completion=False)
@@ -21,6 +22,7 @@ db_app = typer.Typer(help="Auth database migrations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(templates_app, name="templates")
 
 
 def settings_or_exit() -> Settings:
