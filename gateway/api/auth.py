@@ -28,6 +28,7 @@ from gateway.api.account_schemas import (
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import ApiError, Forbidden, problem_responses
+from gateway.security.auditing import record_in
 from gateway.security.authn import Credentials, IssuedTokens, invalid_refresh_token
 from gateway.security.csrf import (
     check_csrf,
@@ -185,7 +186,9 @@ async def update_me(
         email=body.email,
         email_set="email" in body.model_fields_set,
     )
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="auth.profile_update",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -217,7 +220,9 @@ async def change_password(
         current_password=body.current_password,
         new_password=body.new_password,
     )
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="auth.password_change",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -243,8 +248,12 @@ async def enrol_totp(
     secret, uri = await profile.enrol_totp(
         session, factory, passwords, audit, cipher, principal, password=body.password
     )
-    await audit.record(
-        action="auth.totp_enrol", outcome=Outcome.success, actor=Actor(principal.user_id, principal.username)
+    record_in(
+        session,
+        audit,
+        action="auth.totp_enrol",
+        outcome=Outcome.success,
+        actor=Actor(principal.user_id, principal.username),
     )
     return TotpEnrolment(secret=secret, otpauth_uri=uri)
 
@@ -265,7 +274,7 @@ async def confirm_totp(
     except ApiError:
         await audit.record(action="auth.totp_enable", outcome=Outcome.failure, actor=actor)
         raise
-    await audit.record(action="auth.totp_enable", outcome=Outcome.success, actor=actor)
+    record_in(session, audit, action="auth.totp_enable", outcome=Outcome.success, actor=actor)
     return RecoveryCodes(recovery_codes=codes)
 
 
@@ -283,7 +292,9 @@ async def disable_totp(
     """Switch TOTP off (needs the password)."""
     _no_password_change_pending(principal)
     await profile.disable_totp(session, factory, passwords, audit, principal, password=body.password)
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="auth.totp_disable",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -305,7 +316,9 @@ async def regenerate_recovery_codes(
     codes = await profile.regenerate_recovery_codes(
         session, factory, passwords, audit, principal, password=body.password
     )
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="auth.recovery_codes",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),

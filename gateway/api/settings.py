@@ -14,6 +14,7 @@ from gateway.api.account_schemas import SettingItem, SettingWrite
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import problem_responses
+from gateway.security.auditing import record_in
 from gateway.security.deps import CurrentPrincipal, require
 from gateway.security.principal import Permission, Principal
 from gateway.system_settings import (
@@ -87,7 +88,9 @@ async def write_system_setting(
 ) -> SettingItem:
     """Override a system setting (takes effect at once on every replica)."""
     value = await set_system_setting(session, key, body.value, updated_by=admin.user_id)
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.setting_update",
         outcome=Outcome.success,
         actor=Actor(admin.user_id, admin.username),
@@ -104,7 +107,9 @@ async def delete_system_setting(
 ) -> SettingItem:
     """Remove the override of a system setting (its default applies again)."""
     value = await reset_system_setting(session, key)
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.setting_reset",
         outcome=Outcome.success,
         actor=Actor(admin.user_id, admin.username),

@@ -26,6 +26,7 @@ from gateway.api.account_schemas import (
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import ApiError, problem_responses
+from gateway.security.auditing import record_in
 from gateway.security.deps import PasswordsDep, require
 from gateway.security.passwords import check_password_policy, generate_password
 from gateway.security.principal import Permission, Principal, Role
@@ -77,7 +78,9 @@ async def create_user(
         password_hash=await passwords.hash(body.initial_password or temporary or ""),
         must_change_password=True,
     )
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.user_create",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -149,7 +152,9 @@ async def update_user(
     user.updated_at = utcnow()
     session.add(user)
     await session.flush()
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.user_update",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -182,7 +187,9 @@ async def disable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, au
     user.updated_at = utcnow()
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="account_disabled", now=utcnow())
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.user_disable",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -200,7 +207,9 @@ async def enable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     user.is_active = True
     user.updated_at = utcnow()
     session.add(user)
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.user_enable",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -244,7 +253,9 @@ async def reset_password(
     user.password_changed_at = user.updated_at = now
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="password_reset", now=now)
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.password_reset",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -274,7 +285,9 @@ async def reset_totp(user_id: uuid.UUID, admin: Admin, session: SessionDep, audi
         raise
     await clear_totp(session, user)
     ended = await revoke_user_sessions(session, user_id, reason="totp_reset", now=utcnow())
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.totp_reset",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -299,7 +312,9 @@ async def end_sessions(
     """End every session of an account at once (its access tokens stop working immediately)."""
     await accounts.get_user(session, user_id)
     ended = await revoke_user_sessions(session, user_id, reason="ended_by_admin", now=utcnow())
-    await audit.record(
+    record_in(
+        session,
+        audit,
         action="admin.sessions_end",
         outcome=Outcome.success,
         actor=_actor(admin),

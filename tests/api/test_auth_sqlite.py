@@ -8,7 +8,7 @@ from pathlib import Path
 from auth_db.engine import create_engine, create_session_factory
 from gateway.settings import Settings
 from tests.conftest import running_app
-from tests.factories import DEFAULT_PASSWORD, create_user
+from tests.factories import DEFAULT_PASSWORD, audit_actions, bearer_headers, create_user
 
 
 async def test_login_refresh_throttle_and_logout_on_sqlite(
@@ -35,3 +35,37 @@ async def test_login_refresh_throttle_and_logout_on_sqlite(
             await client.post("/auth/login", json={"username": "carol", "password": "wrong-password-x"})
         locked = await client.post("/auth/login", json={"username": "carol", "password": DEFAULT_PASSWORD})
         assert locked.status_code == 429
+
+
+async def test_account_changes_and_their_audit_records_commit_together_on_sqlite(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(auth_db_sqlite_path=tmp_path / "auth.db")
+    async with running_app(settings) as client:
+        engine = create_engine(settings.computed_auth_database_url)
+        try:
+            factory = create_session_factory(engine)
+            await create_user(factory, username="root", roles=["admin", "clinician"])
+            headers = await bearer_headers(client, "root")
+            created = await client.post(
+                "/admin/users",
+                json={"username": "dana", "display_name": "Dana", "roles": ["clinician"]},
+                headers=headers,
+            )
+            assert created.status_code == 201, created.text
+            setting = await client.put(
+                "/settings/system/lockout_threshold", json={"value": 7}, headers=headers
+            )
+            assert setting.status_code == 200, setting.text
+            changed = await client.post(
+                "/auth/password",
+                json={"current_password": DEFAULT_PASSWORD, "new_password": "A-Brand-New-Passphrase-77"},
+                headers=headers,
+            )
+            assert changed.status_code == 204, changed.text
+            actions = await audit_actions(factory)
+        finally:
+            await engine.dispose()
+    assert ("admin.user_create", "success") in actions
+    assert ("admin.setting_update", "success") in actions
+    assert ("auth.password_change", "success") in actions
