@@ -26,6 +26,7 @@ from gateway.api.account_schemas import (
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import ApiError, problem_responses
+from gateway.security import throttle
 from gateway.security.auditing import record_in
 from gateway.security.deps import PasswordsDep, require
 from gateway.security.passwords import check_password_policy, generate_password
@@ -296,6 +297,23 @@ async def reset_totp(user_id: uuid.UUID, admin: Admin, session: SessionDep, audi
         details={"sessions_ended": ended},
     )
     return accounts.public(user, roles)
+
+
+@router.post("/{user_id}/unlock", response_model=UserPublic, responses=ERRORS)
+async def unlock_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, audit: AuditDep) -> UserPublic:
+    """Lift a login lockout of the account now (address lockouts still expire by themselves)."""
+    user = await accounts.get_user(session, user_id)
+    await throttle.reset(session, throttle.account_key(user.username))
+    record_in(
+        session,
+        audit,
+        action="admin.user_unlock",
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+    )
+    return accounts.public(user, await accounts.roles_of(session, user_id))
 
 
 @router.get("/{user_id}/sessions", response_model=list[SessionInfo], responses=ERRORS)

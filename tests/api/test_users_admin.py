@@ -244,6 +244,21 @@ class TestDisableAndSessions:
         assert ("admin.sessions_end", "success") in await audit_actions(session_factory)
 
 
+class TestUnlock:
+    async def test_admin_can_lift_a_lockout(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        headers = await admin_headers(client, session_factory)
+        dana = await create_user(session_factory, username="dana", roles=["clinician"])
+        for _ in range(5):
+            await client.post("/auth/login", json={"username": "dana", "password": "wrong-password-x"})
+        body = {"username": "dana", "password": DEFAULT_PASSWORD}
+        assert (await client.post("/auth/login", json=body)).status_code == 429
+        assert (await client.post(f"/admin/users/{dana.id}/unlock", headers=headers)).status_code == 200
+        assert (await client.post("/auth/login", json=body)).status_code == 200
+        assert ("admin.user_unlock", "success") in await audit_actions(session_factory)
+
+
 class TestResetPassword:
     async def test_reset_sets_a_temporary_password_and_ends_sessions(
         self, client: httpx.AsyncClient, session_factory: SessionFactory
