@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.types import utcnow
 from gateway.audit import Outcome
-from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
+from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
 from gateway.errors import Forbidden, NotAuthenticated
 from gateway.security.authn import Authenticator, ClientInfo
 from gateway.security.csrf import check_csrf, cookie_names
@@ -40,7 +40,7 @@ bearer_scheme = OAuth2PasswordBearer(
 async def authenticated_principal(
     request: Request,
     settings: SettingsDep,
-    session: SessionDep,
+    factory: SessionFactoryDep,
     audit: AuditDep,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
 ) -> Principal:
@@ -74,7 +74,10 @@ async def authenticated_principal(
         raise NotAuthenticated("The access token is not valid.", code="invalid_token") from None
     if method == "cookie":
         check_csrf(request, settings)
-    principal = await principal_for(session, claims.user_id, claims.session_family, method)
+    # A short session of its own: the connection goes back to the pool before the route runs, so a
+    # route waiting on HAPI FHIR or EHRbase holds no database connection for authentication.
+    async with factory() as session:
+        principal = await principal_for(session, claims.user_id, claims.session_family, method)
     request.state.user_id = str(principal.user_id)
     return principal
 
