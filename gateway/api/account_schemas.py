@@ -194,10 +194,20 @@ class SessionInfo(BaseModel):
     expires_at: datetime
     client_addr: str | None
     user_agent: str | None
+    current: bool = Field(default=False, description="True for the session making this request.")
 
 
 class SessionsEnded(BaseModel):
     sessions_ended: int
+
+
+class EndOwnSessions(Strict):
+    """End one of the own sessions, or all but the current one (the password is asked again)."""
+
+    password: Password
+    session_id: uuid.UUID | None = Field(
+        default=None, description="The session to end; omit to end every session except this one."
+    )
 
 
 # --- settings -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Form, Request, Response, status
 from auth_db.types import utcnow
 from gateway.api.account_schemas import (
     PRINTABLE,
+    EndOwnSessions,
     LoginRequest,
     LoginResponse,
     MeResponse,
@@ -21,6 +22,8 @@ from gateway.api.account_schemas import (
     RecoveryCodes,
     RefreshRequest,
     RefreshResponse,
+    SessionInfo,
+    SessionsEnded,
     TokenResponse,
     TotpConfirm,
     TotpEnrolment,
@@ -48,7 +51,7 @@ from gateway.security.deps import (
 )
 from gateway.security.principal import Principal
 from gateway.services import profile
-from gateway.services.accounts import get_user, public, roles_of
+from gateway.services.accounts import get_user, public, roles_of, session_infos
 from gateway.settings import Settings
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -197,6 +200,38 @@ async def update_me(
         details={"fields": sorted(body.model_fields_set)},
     )
     return await me_of(session, principal)
+
+
+@router.get("/sessions", response_model=list[SessionInfo], responses=problem_responses(401, 403))
+async def list_own_sessions(principal: CurrentPrincipal, session: SessionDep) -> list[SessionInfo]:
+    """The caller's live sessions (browsers and tools), the current one marked."""
+    return await session_infos(session, principal.user_id, current=principal.session_id)
+
+
+@router.post("/sessions/end", response_model=SessionsEnded, responses=AUTH_ERRORS)
+async def end_own_sessions(
+    body: EndOwnSessions,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    factory: SessionFactoryDep,
+    passwords: PasswordsDep,
+    audit: AuditDep,
+) -> SessionsEnded:
+    """End one of the own sessions, or every one except the current (needs the password again)."""
+    ended = await profile.end_own_sessions(
+        session, factory, passwords, audit, principal, password=body.password, family_id=body.session_id
+    )
+    record_in(
+        session,
+        audit,
+        action="auth.sessions_end",
+        outcome=Outcome.success,
+        actor=Actor(principal.user_id, principal.username),
+        target_type="user",
+        target_id=str(principal.user_id),
+        details={"sessions_ended": ended},
+    )
+    return SessionsEnded(sessions_ended=ended)
 
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)

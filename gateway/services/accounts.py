@@ -192,8 +192,10 @@ async def list_users(
     return [public(user, roles[user.id]) for user in users], int(total)
 
 
-async def session_infos(session: AsyncSession, user_id: uuid.UUID) -> list[SessionInfo]:
-    """The live sessions of ``user_id``."""
+async def session_infos(
+    session: AsyncSession, user_id: uuid.UUID, *, current: uuid.UUID | None = None
+) -> list[SessionInfo]:
+    """The live sessions of ``user_id`` (``current`` marks the caller's own)."""
     rows: list[AuthSession] = await active_sessions(session, user_id, now=utcnow())
     return [
         SessionInfo(
@@ -203,6 +205,7 @@ async def session_infos(session: AsyncSession, user_id: uuid.UUID) -> list[Sessi
             expires_at=row.expires_at,
             client_addr=row.client_addr,
             user_agent=row.user_agent,
+            current=row.family_id == current,
         )
         for row in rows
     ]

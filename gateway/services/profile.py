@@ -7,6 +7,8 @@ passwords faster than the login.
 
 from __future__ import annotations
 
+import uuid
+
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.engine import SessionFactory, transaction
@@ -17,7 +19,7 @@ from gateway.errors import Conflict, Forbidden, UnprocessableEntity
 from gateway.security import throttle
 from gateway.security.passwords import PasswordService, check_password_policy
 from gateway.security.principal import Principal
-from gateway.security.sessions import revoke_user_sessions
+from gateway.security.sessions import active_sessions, revoke_family, revoke_user_sessions
 from gateway.security.totp import (
     TotpCipher,
     clear_totp,
@@ -230,3 +232,31 @@ async def regenerate_recovery_codes(
     if not user.totp_enabled:
         raise Conflict("Two-factor authentication is not on.", code="totp_not_enabled")
     return await replace_recovery_codes(session, user.id)
+
+
+async def end_own_sessions(
+    session: AsyncSession,
+    factory: SessionFactory,
+    passwords: PasswordService,
+    audit: AuditLog,
+    principal: Principal,
+    *,
+    password: str,
+    family_id: uuid.UUID | None,
+) -> int:
+    """End one own session (``family_id``) or all but the current one, after checking the password.
+
+    Returns:
+        How many sessions ended (0 when ``family_id`` is not a live session of this user).
+    """
+    user = await get_user(session, principal.user_id)
+    await reauthenticate(factory, passwords, audit, user=user, password=password, action="auth.sessions_end")
+    now = utcnow()
+    live = {row.family_id for row in await active_sessions(session, user.id, now=now)}
+    targets = [family_id] if family_id is not None else sorted(live - {principal.session_id}, key=str)
+    ended = 0
+    for target in targets:
+        if target in live:
+            await revoke_family(session, target, reason="ended_by_user", now=now)
+            ended += 1
+    return ended

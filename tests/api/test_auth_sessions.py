@@ -206,3 +206,54 @@ class TestRevocation:
             )
             assert response.status_code == 422, new
             assert response.json()["code"] == code, new
+
+
+class TestOwnSessions:
+    async def test_list_and_end_other_sessions_with_the_password(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        laptop = await login_tokens(client, "carol")
+        phone = await login_tokens(client, "carol")
+        tablet = await login_tokens(client, "carol")
+        headers = bearer(laptop["access_token"])
+        listed = (await client.get("/auth/sessions", headers=headers)).json()
+        assert len(listed) == 3
+        assert [item["current"] for item in listed].count(True) == 1
+        phone_id = next(
+            item["id"]
+            for item in listed
+            if not item["current"] and item["id"] != _sid(tablet["access_token"])
+        )
+        wrong = await client.post("/auth/sessions/end", json={"password": "not-it-at-all"}, headers=headers)
+        assert wrong.status_code == 403
+        one = await client.post(
+            "/auth/sessions/end", json={"password": DEFAULT_PASSWORD, "session_id": phone_id}, headers=headers
+        )
+        assert one.json() == {"sessions_ended": 1}
+        assert (await client.get("/auth/me", headers=bearer(phone["access_token"]))).status_code == 401
+        rest = await client.post("/auth/sessions/end", json={"password": DEFAULT_PASSWORD}, headers=headers)
+        assert rest.json() == {"sessions_ended": 1}
+        assert (await client.get("/auth/me", headers=bearer(tablet["access_token"]))).status_code == 401
+        assert (await client.get("/auth/me", headers=headers)).status_code == 200
+
+    async def test_cannot_end_another_users_session(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        await create_user(session_factory, username="dave", roles=["clinician"])
+        carol = await login_tokens(client, "carol")
+        dave = await login_tokens(client, "dave")
+        response = await client.post(
+            "/auth/sessions/end",
+            json={"password": DEFAULT_PASSWORD, "session_id": _sid(dave["access_token"])},
+            headers=bearer(carol["access_token"]),
+        )
+        assert response.json() == {"sessions_ended": 0}
+        assert (await client.get("/auth/me", headers=bearer(dave["access_token"]))).status_code == 200
+
+
+def _sid(access_token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(access_token, options={"verify_signature": False})["sid"])
