@@ -13,13 +13,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db import migrate
 from auth_db.engine import create_engine, create_session_factory
-from gateway.api import auth, health, users
+from gateway.api import auth, health, letters, users
 from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
 from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
 from gateway.middleware import GatewayMiddleware
+from gateway.openehr.templates import sync_at_startup
 from gateway.settings import ConfigError, Settings, load_settings
+from gateway.upstream.ehrbase import create_ehrbase_client
 
 logger = logging.getLogger("gateway")
 
@@ -49,9 +51,13 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.engine = engine
         app.state.session_factory = factory
         app.state.audit = AuditLog(factory)
+        app.state.ehrbase = create_ehrbase_client(settings)
+        if settings.ehrbase_sync_templates_on_startup:
+            await sync_at_startup(app.state.ehrbase)
         try:
             yield
         finally:
+            await app.state.ehrbase.aclose()
             await engine.dispose()
 
     return lifespan
@@ -83,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(users.router)
     app.include_router(settings_api.router)
+    app.include_router(letters.router)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

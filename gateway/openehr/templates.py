@@ -9,6 +9,7 @@ namespace prefixes dropped, trimmed text; no comments or formatting — never on
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +20,7 @@ from lxml import etree
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 OPT_NS = "http://schemas.openehr.org/v1"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+logger = logging.getLogger("gateway.openehr")
 
 
 class SyncAction(StrEnum):
@@ -137,3 +139,14 @@ async def sync_template(store: TemplateStore, opt: Opt) -> SyncResult:
 async def sync_all(store: TemplateStore, directory: Path = TEMPLATES_DIR) -> list[SyncResult]:
     """Synchronise every OPT of ``directory``."""
     return [await sync_template(store, opt) for opt in load_opts(directory)]
+
+
+async def sync_at_startup(store: TemplateStore) -> None:
+    """Start-up variant of :func:`sync_all`: logs what it did; a failure is logged, not raised."""
+    from gateway.errors import ApiError
+
+    try:
+        for result in await sync_all(store):
+            logger.info("openEHR template %s: %s", result.template_id, result.action)
+    except ApiError as exc:
+        logger.warning("openEHR template sync failed at start-up: %s (%s)", exc.detail or exc.title, exc.code)

@@ -1,0 +1,108 @@
+"""Template sync through the EHRbase client: admin credentials, 201/409, admin replace (respx)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+import respx
+
+from gateway.errors import UnprocessableEntity
+from gateway.openehr.templates import SyncAction, load_opt, sync_all, sync_template
+from gateway.settings import Settings
+from gateway.upstream.ehrbase import EhrbaseClient, create_ehrbase_client
+from tests import ehrbase_payloads as eb
+
+TEMPLATE_ID = "gateway.clinical_letter.v1"
+ADMIN_AUTH = httpx.BasicAuth("ehrbase-admin", "ehrbase-admin-secret")._auth_header
+USER_AUTH = httpx.BasicAuth("ehrbase-user", "ehrbase-user-secret")._auth_header
+TEMPLATE_URL = f"{eb.BASE}/definition/template/adl1.4"
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[EhrbaseClient]:
+    ehrbase = create_ehrbase_client(make_settings())
+    try:
+        yield ehrbase
+    finally:
+        await ehrbase.aclose()
+
+
+def created() -> httpx.Response:
+    return httpx.Response(
+        201, headers={"Location": f"{TEMPLATE_URL}/{TEMPLATE_ID}", "ETag": f'"{TEMPLATE_ID}"'}
+    )
+
+
+def already_there() -> httpx.Response:
+    return eb.error(409, f"Operational template with this template ID already exists: {TEMPLATE_ID}")
+
+
+@respx.mock
+async def test_missing_template_is_uploaded_as_xml_with_admin_credentials(client: EhrbaseClient) -> None:
+    upload = respx.post(TEMPLATE_URL).mock(return_value=created())
+    [result] = await sync_all(client)
+    assert (result.template_id, result.action) == (TEMPLATE_ID, SyncAction.created)
+    request = upload.calls.last.request
+    assert request.headers["Content-Type"] == "application/xml"
+    assert request.headers["Authorization"] == ADMIN_AUTH
+    assert request.content == load_opt(TEMPLATE_ID).content
+
+
+@respx.mock
+async def test_existing_equal_template_is_left_alone(client: EhrbaseClient) -> None:
+    respx.post(TEMPLATE_URL).mock(return_value=already_there())
+    content = load_opt(TEMPLATE_ID).content
+    stored = content.replace(b"  ", b"").replace(b"<!--", b"<!-- re-serialised ")
+    fetch = respx.get(f"{TEMPLATE_URL}/{TEMPLATE_ID}").mock(
+        return_value=httpx.Response(200, content=stored, headers={"Content-Type": "application/xml"})
+    )
+    replace = respx.put(f"{eb.ADMIN}/template/{TEMPLATE_ID}")
+    result = await sync_template(client, load_opt(TEMPLATE_ID))
+    assert result.action is SyncAction.unchanged
+    assert fetch.calls.last.request.headers["Accept"] == "application/xml"
+    assert replace.call_count == 0
+
+
+@respx.mock
+async def test_changed_template_is_replaced_through_the_admin_api(client: EhrbaseClient) -> None:
+    respx.post(TEMPLATE_URL).mock(return_value=already_there())
+    old = load_opt(TEMPLATE_ID).content.replace(b"<list>final</list>", b"<list>signed</list>")
+    respx.get(f"{TEMPLATE_URL}/{TEMPLATE_ID}").mock(return_value=httpx.Response(200, content=old))
+    replace = respx.put(f"{eb.ADMIN}/template/{TEMPLATE_ID}").mock(
+        return_value=httpx.Response(200, content=load_opt(TEMPLATE_ID).content)
+    )
+    result = await sync_template(client, load_opt(TEMPLATE_ID))
+    assert result.action is SyncAction.replaced
+    request = replace.calls.last.request
+    assert request.headers["Authorization"] == ADMIN_AUTH
+    assert request.headers["Content-Type"] == "application/xml"
+
+
+@respx.mock
+async def test_a_used_template_that_cannot_be_replaced_reports_ehrbase_message(client: EhrbaseClient) -> None:
+    respx.post(TEMPLATE_URL).mock(return_value=already_there())
+    respx.get(f"{TEMPLATE_URL}/{TEMPLATE_ID}").mock(return_value=httpx.Response(200, content=b"<template/>"))
+    respx.put(f"{eb.ADMIN}/template/{TEMPLATE_ID}").mock(
+        return_value=eb.error(
+            422, f"Cannot update template {TEMPLATE_ID} since it is used by at least one composition"
+        )
+    )
+    with pytest.raises(UnprocessableEntity) as caught:
+        await sync_template(client, load_opt(TEMPLATE_ID))
+    assert caught.value.upstream_issues is not None
+    assert "used by at least one composition" in (caught.value.upstream_issues[0].diagnostics or "")
+
+
+@respx.mock
+async def test_clinical_calls_use_the_user_credentials(client: EhrbaseClient) -> None:
+    route = respx.get(f"{eb.BASE}/ehr").mock(return_value=eb.ehr())
+    found = await client.find_ehr_by_subject("p1", "fhir-patient")
+    assert found is not None
+    assert found.ehr_id == eb.EHR_ID
+    assert route.calls.last.request.headers["Authorization"] == USER_AUTH
+    assert dict(route.calls.last.request.url.params) == {
+        "subject_id": "p1",
+        "subject_namespace": "fhir-patient",
+    }
