@@ -91,11 +91,14 @@ class Authenticator:
             NotAuthenticated: ``invalid_credentials``, ``totp_required`` or ``invalid_totp_code``.
         """
         username = credentials.username.strip().lower()
-        keys = [throttle.account_key(username), throttle.address_key(client.addr)]
         now = utcnow()
         async with transaction(self.factory) as session:
             policy = await throttle.throttle_policy(session)
-            locked = await throttle.seconds_locked(session, keys, now=now)
+            limits = [
+                (throttle.account_key(username), policy.account_threshold),
+                (throttle.address_key(client.addr), policy.address_threshold),
+            ]
+            locked = await throttle.begin_attempt(session, limits, policy=policy, now=now)
             user = (await session.exec(select(User).where(User.username == username))).first()
         actor = Actor(user.id if user else None, username[:64])
         if locked is not None:
@@ -108,12 +111,12 @@ class Authenticator:
         )
         if user is None or not valid or not user.is_active:
             reason = "unknown account" if user is None else "wrong password" if not valid else "disabled"
-            await self._fail(keys, policy, actor, reason)
+            await self._fail(limits, policy, actor, reason)
             raise invalid_credentials()
         if user.totp_enabled:
-            await self._second_factor(user, credentials, keys, policy, actor)
+            await self._second_factor(user, credentials, limits, policy, actor)
         async with transaction(self.factory) as session:
-            await throttle.reset(session, keys[0])
+            await throttle.attempt_succeeded(session, reset=limits[0][0], release=[limits[1][0]])
             fresh = await session.get(User, user.id)
             assert fresh is not None
             if new_hash is not None:
@@ -135,7 +138,7 @@ class Authenticator:
         self,
         user: User,
         credentials: Credentials,
-        keys: list[str],
+        limits: list[tuple[str, int]],
         policy: throttle.ThrottlePolicy,
         actor: Actor,
     ) -> None:
@@ -159,7 +162,7 @@ class Authenticator:
                 ok = await use_recovery_code(session, user.id, credentials.recovery_code or "", now=now)
                 method = "recovery_code"
         if not ok:
-            await self._fail(keys, policy, actor, f"invalid {method}")
+            await self._fail(limits, policy, actor, f"invalid {method}")
             raise NotAuthenticated(
                 "The two-factor code is wrong or was already used.", code="invalid_totp_code"
             )
@@ -173,15 +176,11 @@ class Authenticator:
             )
 
     async def _fail(
-        self, keys: list[str], policy: throttle.ThrottlePolicy, actor: Actor, reason: str
+        self, limits: list[tuple[str, int]], policy: throttle.ThrottlePolicy, actor: Actor, reason: str
     ) -> None:
-        now = utcnow()
-        thresholds = [policy.account_threshold, policy.address_threshold]
-        locked: list[str] = []
         async with transaction(self.factory) as session:
-            for key, threshold in zip(keys, thresholds, strict=True):
-                if await throttle.register_failure(session, key, threshold=threshold, policy=policy, now=now):
-                    locked.append(key.split(":", 1)[0])
+            locked_keys = await throttle.attempt_failed(session, limits, policy=policy, now=utcnow())
+        locked = [key.split(":", 1)[0] for key in locked_keys]
         await self.audit.record(
             action="auth.login_failed", outcome=Outcome.failure, actor=actor, reason=reason
         )

@@ -3,8 +3,9 @@
 Failures are counted per account (key ``user:<lower-case username>``, whether or not the account
 exists) and per client address (``ip:<address>``) within a window. Reaching a threshold locks the
 key for a while: attempts are then refused with ``429 too_many_attempts`` and ``Retry-After``
-before the password is even checked. A successful login resets the account counter (not the
-address counter). Thresholds and durations are system settings.
+before the password is even checked. Attempts are counted before the password check (so parallel
+guesses cannot overshoot a threshold); a successful login gives its attempt back and resets the
+account counter. Thresholds and durations are system settings.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.models import LoginThrottle
@@ -58,21 +59,8 @@ def address_key(client_addr: str | None) -> str:
     return f"ip:{client_addr or 'unknown'}"[:200]
 
 
-async def seconds_locked(session: AsyncSession, keys: list[str], *, now: datetime) -> int | None:
-    """Seconds until the last of ``keys`` is unlocked, or ``None`` when none is locked."""
-    statement = select(LoginThrottle.locked_until).where(
-        col(LoginThrottle.key).in_(keys), col(LoginThrottle.locked_until) > now
-    )
-    until = [value for value in (await session.exec(statement)).all() if value is not None]
-    if not until:
-        return None
-    return max(1, math.ceil((max(until) - now).total_seconds()))
-
-
-async def register_failure(
-    session: AsyncSession, key: str, *, threshold: int, policy: ThrottlePolicy, now: datetime
-) -> bool:
-    """Count one failure for ``key`` (row-locked, safe across replicas); True if it now became locked."""
+async def _locked_row(session: AsyncSession, key: str, now: datetime) -> LoginThrottle:
+    """The throttle row of ``key``, created if missing and locked until the transaction ends."""
     dialect = session.bind.dialect.name if session.bind is not None else "postgresql"
     insert = sqlite_insert if dialect == "sqlite" else pg_insert
     await session.exec(
@@ -86,22 +74,75 @@ async def register_failure(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    row = (await session.exec(statement)).one()
-    if row.window_started_at + policy.window <= now:
-        row.failures, row.window_started_at = 0, now
-    row.failures += 1
-    became_locked = False
-    if row.failures >= threshold and (row.locked_until is None or row.locked_until <= now):
-        row.locked_until = now + policy.lockout
-        row.failures, row.window_started_at = 0, now
-        became_locked = True
-    session.add(row)
+    return (await session.exec(statement)).one()
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+async def begin_attempt(
+    session: AsyncSession, limits: list[tuple[str, int]], *, policy: ThrottlePolicy, now: datetime
+) -> int | None:
+    """Count a login attempt **before** checking the password, for each ``(key, threshold)``.
+
+    Counting up front means that parallel attempts cannot slip past a threshold while earlier ones
+    are still being checked: at most ``threshold`` attempts per key are in flight or failed within
+    the window. :func:`attempt_succeeded` gives the count back; :func:`attempt_failed` keeps it.
+    The rows are locked in the order given (always account, then address), so replicas cannot
+    deadlock.
+
+    Returns:
+        ``None`` to go on, else the seconds to wait (a key is locked or has too many attempts).
+    """
+    wait: int | None = None
+    for key, threshold in limits:
+        row = await _locked_row(session, key, now)
+        if row.locked_until is not None and row.locked_until > now:
+            wait = max(wait or 0, _seconds_until(row.locked_until, now))
+            continue
+        if row.window_started_at + policy.window <= now:
+            row.failures, row.window_started_at = 0, now
+        if row.failures >= threshold:
+            row.locked_until, row.failures, row.window_started_at = now + policy.lockout, 0, now
+            wait = max(wait or 0, _seconds_until(row.locked_until, now))
+        else:
+            row.failures += 1
+        session.add(row)
     await session.flush()
-    return became_locked
+    return wait
+
+
+async def attempt_failed(
+    session: AsyncSession, limits: list[tuple[str, int]], *, policy: ThrottlePolicy, now: datetime
+) -> list[str]:
+    """Keep the failed attempt counted; lock the keys that reached their threshold (returned)."""
+    locked: list[str] = []
+    for key, threshold in limits:
+        row = await _locked_row(session, key, now)
+        if row.failures >= threshold and (row.locked_until is None or row.locked_until <= now):
+            row.locked_until, row.failures, row.window_started_at = now + policy.lockout, 0, now
+            locked.append(key)
+            session.add(row)
+    await session.flush()
+    return locked
+
+
+async def attempt_succeeded(session: AsyncSession, *, reset: str, release: list[str]) -> None:
+    """After a successful login: forget the ``reset`` key's failures, give back one attempt of ``release``."""
+    row = await session.get(LoginThrottle, reset)
+    if row is not None:
+        await session.delete(row)
+    for key in release:
+        other = await session.get(LoginThrottle, key, with_for_update=True)
+        if other is not None and other.failures > 0:
+            other.failures -= 1
+            session.add(other)
+    await session.flush()
 
 
 async def reset(session: AsyncSession, key: str) -> None:
-    """Forget the failures of ``key`` (after a successful login)."""
+    """Forget the failures and any lockout of ``key`` (an administrator's unlock)."""
     row = await session.get(LoginThrottle, key)
     if row is not None:
         await session.delete(row)

@@ -51,25 +51,25 @@ async def reauthenticate(
         TooManyAttempts: the account is locked out.
         ReauthFailed: ``invalid_current_password``; counted as a failed login.
     """
-    key = throttle.account_key(user.username)
     now = utcnow()
     async with transaction(factory) as session:
         policy = await throttle.throttle_policy(session)
-        locked = await throttle.seconds_locked(session, [key], now=now)
+        limits = [(throttle.account_key(user.username), policy.account_threshold)]
+        locked = await throttle.begin_attempt(session, limits, policy=policy, now=now)
     actor = Actor(user.id, user.username)
     if locked is not None:
         await audit.record(action=action, outcome=Outcome.denied, actor=actor, reason="locked out")
         raise throttle.TooManyAttempts("Too many failed attempts; try again later.", retry_after=locked)
     if await passwords.verify(password, user.password_hash):
+        async with transaction(factory) as session:
+            await throttle.attempt_succeeded(session, reset=limits[0][0], release=[])
         return
     async with transaction(factory) as session:
-        became_locked = await throttle.register_failure(
-            session, key, threshold=policy.account_threshold, policy=policy, now=now
-        )
+        became_locked = await throttle.attempt_failed(session, limits, policy=policy, now=utcnow())
     await audit.record(action=action, outcome=Outcome.failure, actor=actor, reason="wrong current password")
     if became_locked:
         await audit.record(
-            action="auth.lockout", outcome=Outcome.denied, actor=actor, reason="threshold reached"
+            action="auth.lockout", outcome=Outcome.denied, actor=actor, reason="threshold reached: account"
         )
     raise ReauthFailed("The current password is wrong.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -77,6 +78,18 @@ class TestAccountLockout:
         await attempt(client, "CAROL", "wrong-password-x")
         assert (await attempt(client, " Carol ", DEFAULT_PASSWORD)).status_code == 429
 
+    async def test_parallel_guesses_cannot_overshoot_the_threshold(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        await set_system(session_factory, lockout_threshold=3)
+        responses = await asyncio.gather(
+            *[attempt(client, "carol", f"wrong-password-{i}") for i in range(12)]
+        )
+        statuses = [response.status_code for response in responses]
+        assert statuses.count(401) <= 3
+        assert statuses.count(429) >= 9
+
 
 class TestAddressLockout:
     async def test_one_address_trying_many_accounts_is_refused(
@@ -88,6 +101,14 @@ class TestAddressLockout:
             assert (await attempt(client, name + "x", "wrong-password-x")).status_code == 401
         refused = await attempt(client, "carol", DEFAULT_PASSWORD)
         assert refused.status_code == 429
+
+    async def test_successful_logins_do_not_count_against_the_address(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="carol", roles=["clinician"])
+        await set_system(session_factory, lockout_ip_threshold=3, lockout_threshold=100)
+        for _ in range(6):
+            assert (await attempt(client, "carol", DEFAULT_PASSWORD)).status_code == 200
 
 
 class TestSharedAcrossReplicas:
