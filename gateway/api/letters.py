@@ -8,7 +8,7 @@ checked before any upstream call); the work is in :mod:`gateway.services.letters
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
@@ -26,6 +26,8 @@ from gateway.upstream.ehrbase import EhrbaseDep
 
 router = APIRouter(prefix="/patients/{patient_id}/letters", tags=["letters"])
 UPSTREAM = (502, 503, 504)
+ETAG: dict[str, Any] = {"ETag": {"description": "The version uid, quoted.", "schema": {"type": "string"}}}
+LOCATION: dict[str, Any] = {"Location": {"description": "The letter's URL.", "schema": {"type": "string"}}}
 
 
 class _NoFhirClient:
@@ -84,6 +86,12 @@ IfMatch = Annotated[
 ]
 
 
+def _with_headers(
+    status_code: int, headers: dict[str, Any], responses: dict[int | str, dict[str, Any]]
+) -> dict[int | str, dict[str, Any]]:
+    return {status_code: {"headers": headers}, **responses}
+
+
 def _summary(row: SummaryRow) -> LetterSummary:
     return LetterSummary(
         id=row.uid.split("::", 1)[0],
@@ -120,7 +128,7 @@ def _headers(response: Response, patient_id: str, stored: StoredLetter, *, locat
     "",
     response_model=LetterOut,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(401, 403, 404, 409, 410, 422, *UPSTREAM),
+    responses=_with_headers(201, ETAG | LOCATION, problem_responses(401, 403, 404, 409, 410, 422, *UPSTREAM)),
     summary="Write a letter",
 )
 async def create_letter(
@@ -166,7 +174,7 @@ async def list_letters(
 @router.get(
     "/{letter_id}",
     response_model=LetterOut,
-    responses=problem_responses(401, 403, 404, 410, 422, *UPSTREAM),
+    responses=_with_headers(200, ETAG, problem_responses(401, 403, 404, 410, 422, *UPSTREAM)),
     summary="Read a letter",
 )
 async def read_letter(
@@ -181,7 +189,7 @@ async def read_letter(
 @router.put(
     "/{letter_id}",
     response_model=LetterOut,
-    responses=problem_responses(401, 403, 404, 410, 412, 422, 428, *UPSTREAM),
+    responses=_with_headers(200, ETAG, problem_responses(401, 403, 404, 410, 412, 422, 428, *UPSTREAM)),
     summary="Amend a letter",
 )
 async def amend_letter(
