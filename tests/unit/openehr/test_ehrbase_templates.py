@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from gateway.openehr.templates import SyncAction, load_opt, sync_all, sync_templ
 from gateway.settings import Settings
 from gateway.upstream.ehrbase import EhrbaseClient, create_ehrbase_client
 from tests import ehrbase_payloads as eb
+from tests.conftest import running_app
 
 TEMPLATE_ID = "gateway.clinical_letter.v1"
 ADMIN_AUTH = httpx.BasicAuth("ehrbase-admin", "ehrbase-admin-secret")._auth_header
@@ -106,3 +108,23 @@ async def test_clinical_calls_use_the_user_credentials(client: EhrbaseClient) ->
         "subject_id": "p1",
         "subject_namespace": "fhir-patient",
     }
+
+
+@respx.mock
+async def test_startup_sync_uploads_when_enabled(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    upload = respx.post(TEMPLATE_URL).mock(return_value=created())
+    settings = make_settings(auth_db_sqlite_path=tmp_path / "auth.db", ehrbase_sync_templates_on_startup=True)
+    async with running_app(settings):
+        assert upload.call_count == 1
+
+
+@respx.mock
+async def test_startup_sync_failure_does_not_stop_the_gateway(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    respx.post(TEMPLATE_URL).mock(return_value=eb.error(400, "Could not parse input template"))
+    settings = make_settings(auth_db_sqlite_path=tmp_path / "auth.db", ehrbase_sync_templates_on_startup=True)
+    async with running_app(settings) as http:
+        assert (await http.get("/patients/p1/letters")).status_code == 401
