@@ -300,6 +300,11 @@ class LetterService:
                     code="stale_version",
                     current_version=current.version_uid,
                 )
+            if current.letter.status == "final" and content.status == "draft":
+                raise UnprocessableEntity(
+                    "A final letter cannot become a draft again; amend it as final.",
+                    code="letter_already_final",
+                )
             if current.letter.status == "final" and not reason:
                 raise UnprocessableEntity(
                     "Amending a final letter needs a reason.", code="amend_reason_required"

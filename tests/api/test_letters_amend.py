@@ -99,6 +99,16 @@ class TestAmend:
             ("success", "Wrong dose corrected"),
         ]
 
+    async def test_a_final_letter_cannot_go_back_to_draft(self, env: LetterEnv) -> None:
+        await current(env, status="final")
+        update = env.ehrbase.put(COMPOSITION_URL)
+        response = await env.client.put(
+            ITEM, json={**AMENDED, "status": "draft", "reason": "Reopen"}, headers={"If-Match": eb.VERSION_1}
+        )
+        assert response.status_code == 422
+        assert response.json()["code"] == "letter_already_final"
+        assert update.call_count == 0
+
     async def test_amending_a_letter_of_another_patient_is_404(self, env: LetterEnv) -> None:
         await cache_ehr(env)
         env.ehrbase.get(COMPOSITION_URL).mock(return_value=eb.error(404, "Couldn't retrieve composition"))
