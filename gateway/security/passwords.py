@@ -23,6 +23,8 @@ MIN_LENGTH = 12
 MAX_LENGTH = 128
 #: zxcvbn scores 0..4; below this a password is "very guessable" (common words, patterns, names).
 MIN_ZXCVBN_SCORE = 3
+#: zxcvbn refuses longer input; the first 72 characters decide (a longer password is not weaker).
+ZXCVBN_MAX_INPUT = 72
 
 
 class PasswordService:
@@ -88,7 +90,7 @@ def password_problems(password: str, user_inputs: Sequence[str] = ()) -> list[st
     if len(password) > MAX_LENGTH:
         return [f"must be at most {MAX_LENGTH} characters long"]
     inputs = [item for item in user_inputs if item]
-    result = zxcvbn(password[:MAX_LENGTH], user_inputs=inputs)
+    result = zxcvbn(password[:ZXCVBN_MAX_INPUT], user_inputs=[item[:ZXCVBN_MAX_INPUT] for item in inputs])
     if int(result["score"]) < MIN_ZXCVBN_SCORE:
         warning = str(result.get("feedback", {}).get("warning") or "").strip()
         return [f"is too easy to guess{': ' + warning if warning else ''}"]
