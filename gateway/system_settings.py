@@ -9,8 +9,10 @@ type is refused with ``422`` before anything is stored.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, overload
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -35,6 +37,8 @@ class SettingDefinition:
     maximum: int | None = None
     choices: tuple[str, ...] | None = None
     max_length: int = 200
+    #: An extra check of string values: returns an error message, or None when the value is fine.
+    check: Callable[[str], str | None] | None = None
 
     def validate(self, value: object) -> SettingValue:
         """Return ``value`` if it fits this definition.
@@ -62,7 +66,18 @@ class SettingDefinition:
             raise _invalid(self.key, "must not contain control characters")
         if len(value) > self.max_length:
             raise _invalid(self.key, f"must be at most {self.max_length} characters")
+        problem = self.check(value) if self.check is not None else None
+        if problem is not None:
+            raise _invalid(self.key, problem)
         return value
+
+
+def _time_zone_problem(value: str) -> str | None:
+    try:
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError):
+        return "must be an IANA time zone such as Europe/Berlin"
+    return None
 
 
 def _invalid(key: str, reason: str) -> UnprocessableEntity:
@@ -145,7 +160,14 @@ USER_SETTINGS: dict[str, SettingDefinition] = _registry(
     SettingDefinition(
         "language", "str", "en", "Preferred interface language.", choices=("en", "de", "fr", "nl")
     ),
-    SettingDefinition("timezone", "str", "UTC", "IANA time zone for displaying times.", max_length=64),
+    SettingDefinition(
+        "timezone",
+        "str",
+        "UTC",
+        "IANA time zone for displaying times.",
+        max_length=64,
+        check=_time_zone_problem,
+    ),
     SettingDefinition(
         "theme", "str", "system", "Colour theme of the frontend.", choices=("system", "light", "dark")
     ),

@@ -41,3 +41,11 @@ def test_unknown_key() -> None:
     with pytest.raises(UnprocessableEntity) as raised:
         definition_of(USER_SETTINGS, "nope")
     assert raised.value.code == "unknown_setting"
+
+
+def test_time_zone_must_exist() -> None:
+    definition = USER_SETTINGS["timezone"]
+    assert definition.validate("Europe/Berlin") == "Europe/Berlin"
+    for bad in ["Mars/Olympus", "../../etc/passwd", "", "Europe/"]:
+        with pytest.raises(UnprocessableEntity):
+            definition.validate(bad)
