@@ -76,7 +76,9 @@ def _set_cookies(response: Response, settings: Settings, issued: IssuedTokens) -
         response,
         settings,
         access_token=issued.access_token,
-        access_max_age=issued.expires_in,
+        # The cookie outlives the JWT inside it, so an expired token reaches the API and gets the
+        # clear answer `401 token_expired` (refresh) instead of a missing cookie.
+        access_max_age=refresh_age,
         refresh_token=issued.refresh_token,
         refresh_max_age=refresh_age,
         csrf_token=csrf,

@@ -67,8 +67,8 @@ async def start_session(
         created_at=now,
         family_created_at=now,
         expires_at=policy.expiry(now, now),
-        client_addr=(client_addr or None) and client_addr[:64],
-        user_agent=(user_agent or None) and user_agent[:256],
+        client_addr=client_addr[:64] if client_addr else None,
+        user_agent=user_agent[:256] if user_agent else None,
     )
     session.add(row)
     await session.flush()

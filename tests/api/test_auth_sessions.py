@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
+import jwt
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from auth_db.engine import SessionFactory
 from auth_db.models import AuthSession
 from auth_db.types import utcnow
+from gateway.security.tokens import issue_access_token
+from gateway.settings import Settings
 from tests.factories import DEFAULT_PASSWORD, audit_actions, browser_login, create_user, login_tokens
 
 
@@ -104,6 +109,29 @@ class TestRefresh:
         assert refreshed["access_token"] is None
         assert refreshed["csrf_token"] == client.cookies["gw_csrf"] != body["csrf_token"]
         assert client.cookies["gw_refresh"] != old_refresh
+        assert (await client.get("/auth/me")).status_code == 200
+
+    async def test_expired_access_cookie_gets_token_expired_and_refresh_recovers(
+        self,
+        client: httpx.AsyncClient,
+        session_factory: SessionFactory,
+        make_settings: Callable[..., Settings],
+    ) -> None:
+        user = await create_user(session_factory, username="carol", roles=["clinician"])
+        body = await browser_login(client, "carol")
+        claims = jwt.decode(client.cookies["gw_access"], options={"verify_signature": False})
+        stale, _ = issue_access_token(
+            make_settings(),
+            user_id=user.id,
+            session_family=uuid.UUID(claims["sid"]),
+            now=utcnow() - timedelta(hours=1),
+        )
+        client.cookies.set("gw_access", stale, domain="gateway.test", path="/")
+        expired = await client.get("/auth/me")
+        assert expired.status_code == 401
+        assert expired.json()["code"] == "token_expired"
+        refreshed = await client.post("/auth/refresh", headers={"X-CSRF-Token": str(body["csrf_token"])})
+        assert refreshed.status_code == 200
         assert (await client.get("/auth/me")).status_code == 200
 
     async def test_missing_or_unknown_refresh_token_is_401(self, client: httpx.AsyncClient) -> None:
@@ -254,6 +282,4 @@ class TestOwnSessions:
 
 
 def _sid(access_token: str) -> str:
-    import jwt
-
     return str(jwt.decode(access_token, options={"verify_signature": False})["sid"])
