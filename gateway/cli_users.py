@@ -15,10 +15,13 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth_db.engine import create_engine, create_session_factory, transaction
+from auth_db.types import utcnow
 from gateway.audit import AuditLog, Outcome
 from gateway.errors import ApiError
+from gateway.security import throttle
 from gateway.security.passwords import PasswordService, password_problems
 from gateway.security.principal import Role
+from gateway.security.sessions import purge_dead_sessions, session_policy
 from gateway.services.accounts import create_user
 from gateway.settings import Settings
 
@@ -132,3 +135,31 @@ def create_admin(
         )
         raise typer.Exit(1) from None
     typer.echo(f"created administrator {checked.username} ({user_id}) with roles {', '.join(roles)}")
+
+
+async def _purge(settings: Settings) -> tuple[int, int]:
+    engine = create_engine(settings.computed_auth_database_url, pool_size=1, max_overflow=0)
+    try:
+        factory = create_session_factory(engine)
+        now = utcnow()
+        async with transaction(factory) as session:
+            sessions = await purge_dead_sessions(session, policy=await session_policy(session), now=now)
+            counters = await throttle.purge_stale(
+                session, policy=await throttle.throttle_policy(session), now=now
+            )
+        return sessions, counters
+    finally:
+        await engine.dispose()
+
+
+@users_app.command("purge")
+def purge() -> None:
+    """Delete dead session rows and stale login-throttle counters (run daily, e.g. from cron)."""
+    from gateway.cli import settings_or_exit
+
+    try:
+        sessions, counters = asyncio.run(_purge(settings_or_exit()))
+    except SQLAlchemyError as exc:
+        typer.echo(f"gateway: the auth database cannot be used ({type(exc).__name__})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"deleted {sessions} session rows and {counters} throttle counters")

@@ -6,6 +6,7 @@ revocations and audit records are kept even when the request then fails.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +56,10 @@ class IssuedTokens:
     expires_in: int
     refresh_token: str
     refresh_expires_at: datetime
+
+
+#: One failed login in this many also deletes stale throttle counters (``gateway users purge`` does all).
+PURGE_ONE_IN = 100
 
 
 def invalid_credentials() -> NotAuthenticated:
@@ -180,6 +185,8 @@ class Authenticator:
     ) -> None:
         async with transaction(self.factory) as session:
             locked_keys = await throttle.attempt_failed(session, limits, policy=policy, now=utcnow())
+            if secrets.randbelow(PURGE_ONE_IN) == 0:  # keep sprayed usernames from piling up
+                await throttle.purge_stale(session, policy=policy, now=utcnow())
         locked = [key.split(":", 1)[0] for key in locked_keys]
         await self.audit.record(
             action="auth.login_failed", outcome=Outcome.failure, actor=actor, reason=reason

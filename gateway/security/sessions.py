@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -58,7 +58,16 @@ async def start_session(
     client_addr: str | None,
     user_agent: str | None,
 ) -> tuple[AuthSession, str]:
-    """Start a new session family for ``user_id``; returns its first row and the refresh token."""
+    """Start a new session family for ``user_id``; returns its first row and the refresh token.
+
+    The user's families past their absolute lifetime are deleted on the way (they can never be used
+    again, and keeping them would let the table grow with every refresh).
+    """
+    await session.exec(
+        delete(AuthSession).where(
+            col(AuthSession.user_id) == user_id, col(AuthSession.family_created_at) < now - policy.absolute
+        )
+    )
     token = new_refresh_token()
     row = AuthSession(
         family_id=uuid.uuid4(),
@@ -206,3 +215,11 @@ async def load_session_user(
         return None
     user = rows[0][0]
     return user, frozenset(role for _, role in rows if role is not None)
+
+
+async def purge_dead_sessions(session: AsyncSession, *, policy: SessionPolicy, now: datetime) -> int:
+    """Delete every session row whose family is past its absolute lifetime; returns how many."""
+    result = await session.exec(
+        delete(AuthSession).where(col(AuthSession.family_created_at) < now - policy.absolute)
+    )
+    return _rowcount(result)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
+from sqlalchemy import CursorResult, delete, or_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.models import LoginThrottle
@@ -147,3 +149,14 @@ async def reset(session: AsyncSession, key: str) -> None:
     if row is not None:
         await session.delete(row)
         await session.flush()
+
+
+async def purge_stale(session: AsyncSession, *, policy: ThrottlePolicy, now: datetime) -> int:
+    """Delete counters whose window has passed and that hold no lockout; returns how many."""
+    result = await session.exec(
+        delete(LoginThrottle).where(
+            col(LoginThrottle.window_started_at) < now - policy.window,
+            or_(col(LoginThrottle.locked_until).is_(None), col(LoginThrottle.locked_until) < now),
+        )
+    )
+    return int(cast(CursorResult[Any], result).rowcount)

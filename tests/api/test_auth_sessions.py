@@ -188,6 +188,20 @@ class TestRefresh:
         assert newest is not None
         assert newest.expires_at - newest.created_at == timedelta(minutes=5)
 
+    async def test_login_deletes_the_users_sessions_past_their_absolute_lifetime(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="tool", roles=["clinician"])
+        old = await login_tokens(client, "tool")
+        await client.post("/auth/refresh", json={"refresh_token": old["refresh_token"]})
+        async with session_factory() as session:
+            await session.exec(update(AuthSession).values(family_created_at=utcnow() - timedelta(days=1)))
+            await session.commit()
+        await login_tokens(client, "tool")
+        async with session_factory() as session:
+            rows = (await session.exec(select(AuthSession))).all()
+        assert len(rows) == 1
+
 
 class TestRevocation:
     async def test_password_change_ends_every_session(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,52 @@ def test_create_admin_refuses_weak_passwords_and_duplicates(cli_env: Path) -> No
 def test_there_is_no_password_option() -> None:
     result = CliRunner().invoke(app, ["users", "create-admin", "--username", "alice", "--password", PASSWORD])
     assert result.exit_code != 0
+
+
+def test_purge_deletes_dead_sessions_and_stale_counters(cli_env: Path) -> None:
+    from datetime import timedelta
+
+    from auth_db.models import AuthSession, LoginThrottle
+    from auth_db.types import utcnow
+
+    CliRunner().invoke(
+        app, ["users", "create-admin", "--username", "alice", "--password-stdin"], input=PASSWORD + "\n"
+    )
+    (user,) = stored_ids(cli_env)
+    long_ago = utcnow() - timedelta(days=3)
+
+    async def seed() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{cli_env}")
+        try:
+            async with create_session_factory(engine)() as session:
+                session.add(
+                    AuthSession(
+                        family_id=user,
+                        user_id=user,
+                        refresh_token_hash="a" * 64,
+                        family_created_at=long_ago,
+                        expires_at=long_ago,
+                    )
+                )
+                session.add(LoginThrottle(key="user:ghost", failures=2, window_started_at=long_ago))
+                session.add(LoginThrottle(key="user:fresh", failures=2, window_started_at=utcnow()))
+                await session.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    result = CliRunner().invoke(app, ["users", "purge"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 session rows and 1 throttle counters" in result.output
+
+
+def stored_ids(db: Path) -> list[uuid.UUID]:
+    async def read() -> list[uuid.UUID]:
+        engine = create_engine(f"sqlite+aiosqlite:///{db}")
+        try:
+            async with create_session_factory(engine)() as session:
+                return [user.id for user in (await session.exec(select(User))).all()]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
