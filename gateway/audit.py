@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import Request
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.engine import SessionFactory
 from auth_db.models import AuditEvent
@@ -59,7 +60,7 @@ class AuditLog:
         request_id = getattr(request.state, "request_id", None)
         return replace(self, client_addr=client, request_id=request_id)
 
-    async def record(
+    def build(
         self,
         *,
         action: str,
@@ -74,12 +75,8 @@ class AuditLog:
         break_glass: bool = False,
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        """Insert one audit event and commit it.
-
-        Raises:
-            AuditUnavailable: the record could not be written; the caller must not return PHI.
-        """
-        event = AuditEvent(
+        """One audit event for this request (not yet written)."""
+        return AuditEvent(
             occurred_at=utcnow(),
             actor_user_id=actor.user_id if actor else None,
             actor_username=actor.username if actor else None,
@@ -96,12 +93,33 @@ class AuditLog:
             request_id=self.request_id,
             details=details,
         )
+
+    def stage(self, session: AsyncSession, **fields: Any) -> AuditEvent:
+        """Add an audit event to ``session``: it commits atomically with the change it records.
+
+        Use this for a *successful* change made in the request's transaction (the embedded SQLite
+        database also needs it: a second connection cannot write while the request holds the write
+        lock). Denials and failures go through :meth:`record`, which survives a rollback.
+        """
+        event = self.build(**fields)
+        session.add(event)
+        return event
+
+    async def record(self, **fields: Any) -> AuditEvent:
+        """Insert one audit event in a transaction of its own and commit it.
+
+        Takes the keyword arguments of :meth:`build`.
+
+        Raises:
+            AuditUnavailable: the record could not be written; the caller must not return PHI.
+        """
+        event = self.build(**fields)
         try:
             async with self.session_factory() as session:
                 session.add(event)
                 await session.commit()
         except SQLAlchemyError as exc:
-            logger.error("audit write failed: %s (action=%s)", type(exc).__name__, action)
+            logger.error("audit write failed: %s (action=%s)", type(exc).__name__, fields.get("action"))
             raise AuditUnavailable(
                 "The audit trail cannot be written; the request was not completed."
             ) from None

@@ -31,7 +31,6 @@ from gateway.api.account_schemas import (
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import ApiError, Forbidden, problem_responses
-from gateway.security.auditing import record_in
 from gateway.security.authn import Credentials, IssuedTokens, invalid_refresh_token
 from gateway.security.csrf import (
     check_csrf,
@@ -191,9 +190,8 @@ async def update_me(
         email=body.email,
         email_set="email" in body.model_fields_set,
     )
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="auth.profile_update",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -223,9 +221,8 @@ async def end_own_sessions(
     ended = await profile.end_own_sessions(
         session, factory, passwords, audit, principal, password=body.password, family_id=body.session_id
     )
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="auth.sessions_end",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -257,9 +254,8 @@ async def change_password(
         current_password=body.current_password,
         new_password=body.new_password,
     )
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="auth.password_change",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -285,9 +281,8 @@ async def enrol_totp(
     secret, uri = await profile.enrol_totp(
         session, factory, passwords, audit, cipher, principal, password=body.password
     )
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="auth.totp_enrol",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -311,7 +306,7 @@ async def confirm_totp(
     except ApiError:
         await audit.record(action="auth.totp_enable", outcome=Outcome.failure, actor=actor)
         raise
-    record_in(session, audit, action="auth.totp_enable", outcome=Outcome.success, actor=actor)
+    audit.stage(session, action="auth.totp_enable", outcome=Outcome.success, actor=actor)
     return RecoveryCodes(recovery_codes=codes)
 
 
@@ -329,9 +324,8 @@ async def disable_totp(
     """Switch TOTP off (needs the password)."""
     _no_password_change_pending(principal)
     await profile.disable_totp(session, factory, passwords, audit, principal, password=body.password)
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="auth.totp_disable",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),
@@ -353,9 +347,8 @@ async def regenerate_recovery_codes(
     codes = await profile.regenerate_recovery_codes(
         session, factory, passwords, audit, principal, password=body.password
     )
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="auth.recovery_codes",
         outcome=Outcome.success,
         actor=Actor(principal.user_id, principal.username),

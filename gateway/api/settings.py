@@ -14,7 +14,6 @@ from gateway.api.account_schemas import SettingItem, SettingWrite
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import problem_responses
-from gateway.security.auditing import record_in
 from gateway.security.deps import CurrentPrincipal, require
 from gateway.security.principal import Permission, Principal
 from gateway.system_settings import (
@@ -88,9 +87,8 @@ async def write_system_setting(
 ) -> SettingItem:
     """Override a system setting (takes effect at once on every replica)."""
     value = await set_system_setting(session, key, body.value, updated_by=admin.user_id)
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.setting_update",
         outcome=Outcome.success,
         actor=Actor(admin.user_id, admin.username),
@@ -107,9 +105,8 @@ async def delete_system_setting(
 ) -> SettingItem:
     """Remove the override of a system setting (its default applies again)."""
     value = await reset_system_setting(session, key)
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.setting_reset",
         outcome=Outcome.success,
         actor=Actor(admin.user_id, admin.username),

@@ -27,7 +27,6 @@ from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import ApiError, problem_responses
 from gateway.security import throttle
-from gateway.security.auditing import record_in
 from gateway.security.deps import PasswordsDep, require
 from gateway.security.passwords import check_password_policy, generate_password
 from gateway.security.principal import Permission, Principal, Role
@@ -79,9 +78,8 @@ async def create_user(
         password_hash=await passwords.hash(body.initial_password or temporary or ""),
         must_change_password=True,
     )
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.user_create",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -153,9 +151,8 @@ async def update_user(
     user.updated_at = utcnow()
     session.add(user)
     await session.flush()
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.user_update",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -188,9 +185,8 @@ async def disable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, au
     user.updated_at = utcnow()
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="account_disabled", now=utcnow())
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.user_disable",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -208,9 +204,8 @@ async def enable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     user.is_active = True
     user.updated_at = utcnow()
     session.add(user)
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.user_enable",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -254,9 +249,8 @@ async def reset_password(
     user.password_changed_at = user.updated_at = now
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="password_reset", now=now)
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.password_reset",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -286,9 +280,8 @@ async def reset_totp(user_id: uuid.UUID, admin: Admin, session: SessionDep, audi
         raise
     await clear_totp(session, user)
     ended = await revoke_user_sessions(session, user_id, reason="totp_reset", now=utcnow())
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.totp_reset",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -304,9 +297,8 @@ async def unlock_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     """Lift a login lockout of the account now (address lockouts still expire by themselves)."""
     user = await accounts.get_user(session, user_id)
     await throttle.reset(session, throttle.account_key(user.username))
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.user_unlock",
         outcome=Outcome.success,
         actor=_actor(admin),
@@ -330,9 +322,8 @@ async def end_sessions(
     """End every session of an account at once (its access tokens stop working immediately)."""
     await accounts.get_user(session, user_id)
     ended = await revoke_user_sessions(session, user_id, reason="ended_by_admin", now=utcnow())
-    record_in(
+    audit.stage(
         session,
-        audit,
         action="admin.sessions_end",
         outcome=Outcome.success,
         actor=_actor(admin),
