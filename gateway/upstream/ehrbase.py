@@ -367,34 +367,8 @@ def get_ehrbase(request: Request) -> EhrbaseClient:
 EhrbaseDep = Annotated[EhrbaseClient, Depends(get_ehrbase)]
 
 
-class _TemporaryUpstream:  # TODO(resilience): replaced by gateway.upstream.resilience.Upstream
-    def __init__(self) -> None:
-        self.client = httpx.AsyncClient(timeout=10)
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        idempotent: bool,
-        headers: dict[str, str] | None = None,
-        json: Any = None,
-        content: bytes | None = None,
-        params: dict[str, str] | None = None,
-        auth: httpx.Auth | None = None,
-        operation: str,
-    ) -> httpx.Response:
-        response = await self.client.request(
-            method, url, headers=headers, json=json, content=content, params=params, auth=auth
-        )
-        if response.status_code >= 500:
-            raise UpstreamError("EHRbase failed.", upstream_issues=issues_of(response))
-        return response
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
 def create_ehrbase_client(settings: Settings) -> EhrbaseClient:
     """The EHRbase client with its own pooled HTTP client and breaker (closed by :meth:`aclose`)."""
-    return EhrbaseClient(_TemporaryUpstream(), settings)
+    from gateway.upstream.ehrbase_transport import SimpleUpstream
+
+    return EhrbaseClient(SimpleUpstream(settings), settings)
