@@ -204,7 +204,9 @@ class LetterService:
             return StoredLetter(letter, written.version_uid.split("::", 1)[0], written.version_uid, ehr_id)
         # A uid derived from (user, key): a retry after a lost answer cannot write a second letter;
         # EHRbase refuses a known uid with 412, and the first write is read back instead.
-        object_id = uuid.uuid5(IDEMPOTENT_UID_NAMESPACE, f"{access.principal.user_id}:{key}")
+        object_id = uuid.uuid5(
+            IDEMPOTENT_UID_NAMESPACE, f"{access.principal.user_id}:{access.patient_id}:{key}"
+        )
         version_uid = f"{object_id}::{await self.ehrbase.system_id(ehr_id)}::1"
         composition["uid"] = {"_type": "OBJECT_VERSION_ID", "value": version_uid}
         try:
