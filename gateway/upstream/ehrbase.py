@@ -368,7 +368,9 @@ EhrbaseDep = Annotated[EhrbaseClient, Depends(get_ehrbase)]
 
 
 def create_ehrbase_client(settings: Settings) -> EhrbaseClient:
-    """The EHRbase client with its own pooled HTTP client and breaker (closed by :meth:`aclose`)."""
-    from gateway.upstream.ehrbase_transport import SimpleUpstream
+    """The EHRbase client with its own pooled HTTP client and circuit breaker (closed by :meth:`aclose`)."""
+    from gateway.upstream.resilience import Upstream as ResilientUpstream
 
-    return EhrbaseClient(SimpleUpstream(settings), settings)
+    return EhrbaseClient(
+        ResilientUpstream(name="ehrbase", display_name="EHRbase", settings=settings), settings
+    )
