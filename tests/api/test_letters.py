@@ -134,6 +134,16 @@ class TestAccess:
         assert [e.outcome for e in await env.audit("letter.create")] == ["denied"]
 
 
+class TestCreateFailures:
+    async def test_a_create_without_key_is_sent_once_when_ehrbase_times_out(self, env: LetterEnv) -> None:
+        await cache_ehr(env)
+        create = env.ehrbase.post(f"/ehr/{eb.EHR_ID}/composition").mock(side_effect=httpx.ReadTimeout("slow"))
+        response = await env.client.post(f"/patients/{PATIENT}/letters", json=LETTER)
+        assert response.status_code == 504
+        assert response.json()["code"] == "upstream_timeout"
+        assert create.call_count == 1
+
+
 class TestCreate:
     async def test_letter_is_written_with_the_signed_in_user_as_composer(self, env: LetterEnv) -> None:
         await cache_ehr(env)
@@ -345,6 +355,16 @@ class TestList:
         assert json.loads(aql.calls.last.request.content)["offset"] == 2
         events = await env.audit("letter.list")
         assert [e.resource_ids for e in events] == [[rows[0][0], rows[1][0]], [rows[2][0]]]
+
+    async def test_ehrbase_down_is_503_and_audited_as_error(self, env: LetterEnv) -> None:
+        await cache_ehr(env)
+        aql = env.ehrbase.post("/query/aql").mock(side_effect=httpx.ConnectError("connection refused"))
+        response = await env.client.get(f"/patients/{PATIENT}/letters")
+        assert response.status_code == 503
+        assert response.json()["code"] == "upstream_unavailable"
+        assert "Retry-After" in response.headers
+        assert aql.call_count == 3  # a read: retried
+        assert [(e.outcome, e.ehr_id) for e in await env.audit("letter.list")] == [("error", eb.EHR_ID)]
 
     async def test_a_forged_cursor_is_refused(self, env: LetterEnv) -> None:
         response = await env.client.get(f"/patients/{PATIENT}/letters", params={"cursor": "eyJvIjo1MH0.AAAA"})
