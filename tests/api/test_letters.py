@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,7 +15,8 @@ import respx
 from sqlmodel import select
 
 from auth_db.engine import SessionFactory
-from auth_db.models import AuditEvent, PatientEhr
+from auth_db.models import AuditEvent, BreakGlassGrant, PatientEhr
+from auth_db.types import utcnow
 from gateway.api.letters import get_patient_reader
 from gateway.errors import NotFound
 from gateway.openehr.aql import LIST_LETTERS
@@ -132,6 +134,25 @@ class TestAccess:
         assert response.json()["code"] == "no_patient_relationship"
         assert env.ehrbase.calls.call_count == 0
         assert [e.outcome for e in await env.audit("letter.create")] == ["denied"]
+
+
+class TestBreakGlass:
+    async def test_break_glass_access_is_flagged_in_the_audit(self, env: LetterEnv) -> None:
+        async with env.session_factory() as session:
+            session.add(
+                BreakGlassGrant(
+                    user_id=env.principal.user_id,
+                    patient_id=OTHER_PATIENT,
+                    reason="Emergency admission",
+                    expires_at=utcnow() + timedelta(hours=1),
+                )
+            )
+            await session.commit()
+        env.ehrbase.get("/ehr").mock(return_value=eb.ehr_not_found_by_subject())
+        response = await env.client.get(f"/patients/{OTHER_PATIENT}/letters")
+        assert response.status_code == 200
+        [event] = await env.audit("letter.list")
+        assert (event.patient_id, event.break_glass) == (OTHER_PATIENT, True)
 
 
 class TestCreateFailures:
