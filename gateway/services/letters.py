@@ -184,6 +184,10 @@ class LetterService:
                 await idempotency.release(self.factory, claim)
             await self._failed(access, "letter.create", error, ehr_id=ehr_id)
             raise
+        except Exception:
+            if claim is not None:
+                await idempotency.release(self.factory, claim)
+            raise
         if claim is not None:
             ref = {"ehr_id": ehr_id, "letter_id": stored.letter_id, "version_uid": stored.version_uid}
             await idempotency.complete(self.factory, claim, status=201, ref=ref)
@@ -200,7 +204,7 @@ class LetterService:
             written = await self.ehrbase.create_composition(ehr_id, composition, idempotent=False)
             if written.body is None:
                 return await self._read(ehr_id, written.version_uid)
-            letter = parse_composition(written.body, uid=written.version_uid)
+            letter = _parse_written(written.body, written.version_uid)
             return StoredLetter(letter, written.version_uid.split("::", 1)[0], written.version_uid, ehr_id)
         # A uid derived from (user, key): a retry after a lost answer cannot write a second letter;
         # EHRbase refuses a known uid with 412, and the first write is read back instead.
@@ -223,18 +227,19 @@ class LetterService:
             return stored
         if written.body is None:
             return await self._read(ehr_id, written.version_uid)
-        letter = parse_composition(written.body, uid=written.version_uid)
+        letter = _parse_written(written.body, written.version_uid)
         return StoredLetter(letter, str(object_id), written.version_uid, ehr_id)
 
     # --- list / read ----------------------------------------------------------------------------
     async def list_page(self, access: PatientAccess, *, cursor: str | None, limit: int) -> LetterPageResult:
         """One page of letter summaries, newest first (offset paging with a signed cursor)."""
         offset = self.cursors.decode(cursor, patient_id=access.patient_id) if cursor else 0
-        ehr_id = await self._ehr_id(access)
-        if ehr_id is None:
-            await self._record(access, "letter.list", Outcome.success, resource_ids=[])
-            return LetterPageResult([], None)
+        ehr_id: str | None = None
         try:
+            ehr_id = await self._ehr_id(access)
+            if ehr_id is None:
+                await self._record(access, "letter.list", Outcome.success, resource_ids=[])
+                return LetterPageResult([], None)
             result = await self.ehrbase.query(
                 aql.list_letters_request(
                     ehr_id=ehr_id,
@@ -265,8 +270,9 @@ class LetterService:
     async def get(self, access: PatientAccess, letter_id: str) -> StoredLetter:
         """One letter (latest version, or the exact version when the id is a version uid)."""
         object_id, version_uid = parse_letter_id(letter_id)
-        ehr_id = await self._ehr_id(access)
+        ehr_id: str | None = None
         try:
+            ehr_id = await self._ehr_id(access)
             if ehr_id is None:
                 raise NotFound("No such letter for this patient.", code="letter_not_found")
             stored = await self._read(ehr_id, version_uid or object_id)
@@ -291,8 +297,9 @@ class LetterService:
         """Write a new version of a letter. A final letter needs a ``reason`` (kept in the audit trail)."""
         object_id, _ = parse_letter_id(letter_id)
         expected = if_match_version(if_match)
-        ehr_id = await self._ehr_id(access)
+        ehr_id: str | None = None
         try:
+            ehr_id = await self._ehr_id(access)
             if ehr_id is None:
                 raise NotFound("No such letter for this patient.", code="letter_not_found")
             current = await self._read(ehr_id, object_id)
@@ -328,7 +335,7 @@ class LetterService:
             )
             raise
         letter = (
-            parse_composition(written.body, uid=written.version_uid)
+            _parse_written(written.body, written.version_uid)
             if written.body is not None
             else (await self._read(ehr_id, written.version_uid)).letter
         )
@@ -346,8 +353,9 @@ class LetterService:
         """Delete a draft letter (final letters are amended, never deleted)."""
         object_id, _ = parse_letter_id(letter_id)
         expected = if_match_version(if_match)
-        ehr_id = await self._ehr_id(access)
+        ehr_id: str | None = None
         try:
+            ehr_id = await self._ehr_id(access)
             if ehr_id is None:
                 raise NotFound("No such letter for this patient.", code="letter_not_found")
             current = await self._read(ehr_id, object_id)
@@ -392,3 +400,11 @@ def _content_fingerprint(content: LetterContent) -> dict[str, Any]:
 def _content_of(letter: Letter) -> LetterContent:
     status: LetterStatus = "final" if letter.status == "final" else "draft"
     return LetterContent(title=letter.title, body=letter.body, status=status, recipients=letter.recipients)
+
+
+def _parse_written(body: dict[str, Any], version_uid: str) -> Letter:
+    """The letter EHRbase echoed after a write; an unreadable echo is EHRbase's fault (502)."""
+    try:
+        return parse_composition(body, uid=version_uid)
+    except CompositionShapeError:
+        raise UpstreamError("EHRbase returned a letter the gateway cannot read.") from None
