@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db import migrate
 from auth_db.engine import create_engine, create_session_factory
-from gateway.api import auth, health, letters, users
+from gateway.api import auth, health, letters, patients, users
 from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
 from gateway.errors import install_error_handlers
@@ -22,6 +22,7 @@ from gateway.middleware import GatewayMiddleware
 from gateway.openehr.templates import sync_at_startup
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.upstream.ehrbase import create_ehrbase_client
+from gateway.upstream.fhir import FhirClient
 
 logger = logging.getLogger("gateway")
 
@@ -51,6 +52,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.engine = engine
         app.state.session_factory = factory
         app.state.audit = AuditLog(factory)
+        app.state.fhir = FhirClient(settings)
         app.state.ehrbase = create_ehrbase_client(settings)
         if settings.ehrbase_sync_templates_on_startup:
             await sync_at_startup(app.state.ehrbase)
@@ -58,6 +60,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             yield
         finally:
             await app.state.ehrbase.aclose()
+            await app.state.fhir.aclose()
             await engine.dispose()
 
     return lifespan
@@ -89,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(users.router)
     app.include_router(settings_api.router)
+    app.include_router(patients.router)
     app.include_router(letters.router)
     if settings.cors_allow_origins:
         app.add_middleware(

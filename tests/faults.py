@@ -76,7 +76,8 @@ class ResettingServer(_Server):
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
         writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 5000\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+            b"Content-Length: 5000\r\n\r\n"
             b'{"resourceType": "Patient", "id": "'
         )
         await writer.drain()
@@ -86,7 +87,7 @@ class ResettingServer(_Server):
 
 
 class TcpProxy(_Server):
-    """Forwards to ``target``; :meth:`cut` drops every connection and refuses new ones until :meth:`restore`."""
+    """Forwards to ``target``; :meth:`cut` drops every connection and refuses new ones until restored."""
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__()

@@ -6,8 +6,6 @@ patient uses; it decides **before** any upstream call and writes a denial audit 
 it refuses.
 """
 
-from __future__ import annotations
-
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
