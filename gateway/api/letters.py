@@ -7,7 +7,6 @@ checked before any upstream call); the work is in :mod:`gateway.services.letters
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
@@ -17,8 +16,7 @@ from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
 from gateway.errors import ServiceUnavailable, problem_responses
 from gateway.openehr.aql import LetterSummary as SummaryRow
 from gateway.security.access import PatientAccess, patient_access
-from gateway.security.deps import require
-from gateway.security.principal import Permission, Principal
+from gateway.security.principal import Permission
 from gateway.services.ehr import PatientReader
 from gateway.services.idempotency import KEY_PATTERN
 from gateway.services.letters import LetterService, StoredLetter
@@ -52,25 +50,12 @@ def get_letter_service(
     return LetterService(settings=settings, factory=factory, ehrbase=ehrbase, fhir=fhir, audit=audit)
 
 
-def _access(permission: Permission, action: str) -> Callable[..., Awaitable[PatientAccess]]:
-    """``patient_access(permission, action)`` with its ``principal`` annotation resolved.
-
-    ``gateway.security.access`` uses postponed annotations, and the closure's
-    ``Annotated[Principal, Depends(require(permission))]`` cannot be resolved from module globals, so
-    FastAPI would read ``principal`` as a query parameter. Setting the evaluated annotation fixes that
-    (and is harmless once the dependency resolves it itself).
-    """
-    dependency = patient_access(permission, action)
-    dependency.__annotations__["principal"] = Annotated[Principal, Depends(require(permission))]
-    return dependency
-
-
 Letters = Annotated[LetterService, Depends(get_letter_service)]
-ReadList = Annotated[PatientAccess, Depends(_access(Permission.letter_read, "letter.list"))]
-Read = Annotated[PatientAccess, Depends(_access(Permission.letter_read, "letter.read"))]
-Write = Annotated[PatientAccess, Depends(_access(Permission.letter_write, "letter.create"))]
-Amend = Annotated[PatientAccess, Depends(_access(Permission.letter_write, "letter.amend"))]
-Delete = Annotated[PatientAccess, Depends(_access(Permission.letter_write, "letter.delete"))]
+ReadList = Annotated[PatientAccess, Depends(patient_access(Permission.letter_read, "letter.list"))]
+Read = Annotated[PatientAccess, Depends(patient_access(Permission.letter_read, "letter.read"))]
+Write = Annotated[PatientAccess, Depends(patient_access(Permission.letter_write, "letter.create"))]
+Amend = Annotated[PatientAccess, Depends(patient_access(Permission.letter_write, "letter.amend"))]
+Delete = Annotated[PatientAccess, Depends(patient_access(Permission.letter_write, "letter.delete"))]
 #: The service checks the exact form and answers 422 ``invalid_letter_id`` with a precise message.
 LetterIdPath = Annotated[
     str,
