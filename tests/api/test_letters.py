@@ -248,6 +248,31 @@ class TestCreate:
         assert response.status_code == 404
         assert create_ehr.call_count == 0
 
+    async def test_with_the_real_fhir_client_a_deleted_patient_gets_no_ehr(self, env: LetterEnv) -> None:
+        env.client.app.dependency_overrides.pop(get_patient_reader)  # type: ignore[attr-defined]
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "processing",
+                    "diagnostics": "Resource was deleted at 2026-11-01T10:00:00.000+00:00",
+                }
+            ],
+        }
+        hapi = env.ehrbase.get(url=f"http://fhir.test/fhir/Patient/{PATIENT}").mock(
+            return_value=httpx.Response(
+                410, json=outcome, headers={"Content-Type": "application/fhir+json;charset=utf-8"}
+            )
+        )
+        env.ehrbase.get("/ehr").mock(return_value=eb.ehr_not_found_by_subject())
+        create_ehr = env.ehrbase.post("/ehr")
+        response = await env.client.post(f"/patients/{PATIENT}/letters", json=LETTER)
+        assert response.status_code == 410
+        assert response.json()["code"] == "patient_deleted"
+        assert hapi.call_count == 1
+        assert create_ehr.call_count == 0
+
     async def test_ehrbase_rejection_is_carried_into_the_problem(self, env: LetterEnv) -> None:
         await cache_ehr(env)
         env.ehrbase.post(f"/ehr/{eb.EHR_ID}/composition").mock(
