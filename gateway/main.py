@@ -14,13 +14,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from auth_db import migrate
 from auth_db.engine import create_engine, create_session_factory
 from gateway.api import auth, health, letters, patients, users
+from gateway.api import metrics as metrics_api
 from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
 from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
+from gateway.metrics import PrometheusObserver, install_observer
 from gateway.middleware import GatewayMiddleware
 from gateway.openehr.templates import sync_at_startup
 from gateway.settings import ConfigError, Settings, load_settings
+from gateway.tracing import setup_tracing
 from gateway.upstream.ehrbase import create_ehrbase_client
 from gateway.upstream.fhir import FhirClient
 
@@ -54,6 +57,9 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.audit = AuditLog(factory)
         app.state.fhir = FhirClient(settings)
         app.state.ehrbase = create_ehrbase_client(settings)
+        observer = PrometheusObserver()
+        install_observer(app.state.fhir, observer)
+        install_observer(app.state.ehrbase, observer)
         if settings.ehrbase_sync_templates_on_startup:
             await sync_at_startup(app.state.ehrbase)
         try:
@@ -89,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_api.router)
     app.include_router(auth.router)
     app.include_router(users.router)
     app.include_router(settings_api.router)
@@ -111,4 +119,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["ETag", "Location", "Last-Modified", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, hsts=True)
+    setup_tracing(app, settings)
     return app

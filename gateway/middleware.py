@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, body size limit, security headers, access log.
+"""ASGI middleware: request ids, body size limit, security headers, access log, request metrics.
 
 Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds little to every request.
 """
@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import PROBLEM_JSON
+from gateway.metrics import observe_request
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{8,128}$")
@@ -142,13 +143,16 @@ class GatewayMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         state = scope.get("state", {})
+        seconds = time.perf_counter() - started
+        method = str(scope.get("method"))
+        observe_request(method, template, int(status_holder["status"]), seconds)
         access_logger.info(
             "request",
             extra={
-                "method": scope.get("method"),
+                "method": method,
                 "route": template,
                 "status": status_holder["status"],
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(seconds * 1000, 2),
                 "user_id": state.get("user_id"),
             },
         )

@@ -1,0 +1,165 @@
+"""Prometheus metrics of the gateway (prometheus-client), and the hooks other modules call.
+
+One :class:`~prometheus_client.CollectorRegistry` per process, :data:`REGISTRY`, holds:
+
+- ``gateway_http_requests_total`` / ``gateway_http_request_duration_seconds`` by method, route
+  *template* (``/patients/{patient_id}``, never a raw id) and status;
+- ``gateway_upstream_calls_total`` / ``gateway_upstream_call_duration_seconds`` by store, operation
+  and outcome (an HTTP status, ``timeout``, ``unreachable`` or ``breaker_open``);
+- ``gateway_upstream_retries_total`` and ``gateway_upstream_breaker_state`` (0 closed, 1 half-open,
+  2 open) per store;
+- ``gateway_auth_db_pool_*`` gauges, read from the engine's pool at scrape time;
+- ``gateway_login_failures_total`` and ``gateway_login_lockouts_total`` — call
+  :func:`record_login_failure` and :func:`record_lockout` from the login flow.
+
+Labels never carry user data: the route template, a store name, an operation name, a status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "REGISTRY",
+    "PrometheusObserver",
+    "observe_request",
+    "record_lockout",
+    "record_login_failure",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: Request latency buckets (seconds): fast auth checks up to slow upstream writes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
+
+HTTP_REQUESTS = Counter(
+    "gateway_http_requests",
+    "HTTP requests served, by route template and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "gateway_http_request_duration_seconds",
+    "Time to serve a request, by route template.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_CALLS = Counter(
+    "gateway_upstream_calls",
+    "Attempts sent to an upstream store, by outcome (HTTP status, timeout, unreachable, breaker_open).",
+    ["store", "operation", "outcome"],
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_call_duration_seconds",
+    "Duration of one attempt to an upstream store.",
+    ["store", "operation"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries",
+    "Attempts repeated after a transient upstream failure.",
+    ["store", "operation"],
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "gateway_upstream_breaker_state",
+    "Circuit breaker per store: 0 closed, 1 half-open, 2 open.",
+    ["store"],
+    registry=REGISTRY,
+)
+POOL_SIZE = Gauge("gateway_auth_db_pool_size", "Configured size of the auth DB pool.", registry=REGISTRY)
+POOL_CHECKED_OUT = Gauge("gateway_auth_db_pool_checked_out", "Auth DB connections in use.", registry=REGISTRY)
+POOL_OVERFLOW = Gauge(
+    "gateway_auth_db_pool_overflow", "Auth DB connections opened beyond the pool size.", registry=REGISTRY
+)
+LOGIN_FAILURES = Counter(
+    "gateway_login_failures",
+    "Failed login attempts, by reason (e.g. bad_credentials, locked, totp).",
+    ["reason"],
+    registry=REGISTRY,
+)
+LOGIN_LOCKOUTS = Counter(
+    "gateway_login_lockouts",
+    "Lockouts started by repeated failures, by scope (account or address).",
+    ["scope"],
+    registry=REGISTRY,
+)
+
+#: Breaker states (``gateway.upstream.resilience.BreakerState`` values) as gauge values.
+_BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one served request under its route template (called by the ASGI middleware)."""
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_DURATION.labels(method, route).observe(seconds)
+
+
+def record_login_failure(reason: str = "bad_credentials") -> None:
+    """Count a failed login attempt.
+
+    Args:
+        reason: a short fixed word (``bad_credentials``, ``locked``, ``totp``…), never user input.
+    """
+    LOGIN_FAILURES.labels(reason).inc()
+
+
+def record_lockout(scope: str = "account") -> None:
+    """Count a lockout that has just started.
+
+    Args:
+        scope: ``account`` (too many failures for one username) or ``address`` (for one client IP).
+    """
+    LOGIN_LOCKOUTS.labels(scope).inc()
+
+
+class PrometheusObserver:
+    """The :class:`gateway.upstream.resilience.UpstreamObserver` that feeds the metrics above."""
+
+    def on_call(self, store: str, operation: str, outcome: str, seconds: float) -> None:
+        """Count one attempt and its duration."""
+        UPSTREAM_CALLS.labels(store, operation, outcome).inc()
+        if outcome != "breaker_open":
+            UPSTREAM_DURATION.labels(store, operation).observe(seconds)
+
+    def on_retry(self, store: str, operation: str) -> None:
+        """Count one retry."""
+        UPSTREAM_RETRIES.labels(store, operation).inc()
+
+    def on_breaker_state(self, store: str, state: str) -> None:
+        """Publish the breaker's new state (a ``BreakerState``, which is a ``str``)."""
+        BREAKER_STATE.labels(store).set(_BREAKER_VALUES.get(str(state), 0))
+
+
+def install_observer(client: Any, observer: PrometheusObserver) -> None:
+    """Attach ``observer`` to an upstream client's resilience policy (``client.upstream``), if it has one."""
+    upstream = getattr(client, "upstream", None)
+    if upstream is not None and hasattr(upstream, "observer"):
+        upstream.observer = observer
+        breaker = getattr(upstream, "breaker", None)
+        state = getattr(breaker, "state", None)
+        if isinstance(state, str):
+            observer.on_breaker_state(str(upstream.name), state)
+
+
+def _update_pool_gauges(engine: Any) -> None:
+    pool = getattr(getattr(engine, "sync_engine", engine), "pool", None)
+    for gauge, method in ((POOL_SIZE, "size"), (POOL_CHECKED_OUT, "checkedout"), (POOL_OVERFLOW, "overflow")):
+        read = getattr(pool, method, None)
+        if callable(read):
+            gauge.set(max(0, int(read())))
+
+
+def render(engine: Any = None) -> bytes:
+    """The registry in Prometheus text format, with the pool gauges refreshed from ``engine``."""
+    if engine is not None:
+        _update_pool_gauges(engine)
+    return generate_latest(REGISTRY)
