@@ -54,3 +54,15 @@ create-admin username *args:
 # Upload our openEHR templates to EHRbase (missing ones) and replace changed ones (admin credentials)
 templates-sync:
     uv run gateway templates sync
+
+# Start the whole stack with Docker (needs .env; see docs/operations.md) and wait until healthy
+stack-up *args:
+    docker compose -f compose.dev.yml --env-file .env up -d --build --wait {{args}}
+
+# Stop the stack (volumes are kept; add -v to delete the data)
+stack-down *args:
+    docker compose -f compose.dev.yml --env-file .env down {{args}}
+
+# Follow the stack's logs (all services, or the ones named: just stack-logs gateway ehrbase)
+stack-logs *services:
+    docker compose -f compose.dev.yml --env-file .env logs -f --tail=200 {{services}}
