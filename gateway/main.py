@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db import migrate
 from auth_db.engine import create_engine, create_session_factory
-from gateway.api import auth, health, letters, patients, users
+from gateway.api import audit, auth, break_glass, care_team, health, letters, patients, users
 from gateway.api import metrics as metrics_api
 from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
@@ -102,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(settings_api.router)
     app.include_router(patients.router)
     app.include_router(letters.router)
+    app.include_router(break_glass.router)
+    app.include_router(care_team.me_router)
+    app.include_router(care_team.admin_router)
+    app.include_router(audit.router)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
