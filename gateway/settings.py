@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     upstream_total_timeout: float = Field(default=20.0, gt=0)
     upstream_max_connections: int = Field(default=100, ge=1)
     upstream_max_keepalive: int = Field(default=20, ge=0)
+    upstream_max_response_bytes: int = Field(default=10_485_760, ge=65_536)
     upstream_retry_attempts: int = Field(default=3, ge=1, le=10)
     upstream_retry_max_wait: float = Field(default=2.0, gt=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)

@@ -13,8 +13,10 @@ One :class:`Upstream` per store and process wraps one pooled ``httpx.AsyncClient
   store is considered down and calls fail at once with 503 for ``BREAKER_RESET_SECONDS``; then one
   probe call is let through (half-open) and its outcome closes or re-opens the breaker;
 - **error mapping** to the API's problems: unreachable or breaker open → 503
-  ``upstream_unavailable``, timeout → 504 ``upstream_timeout``, a 5xx that outlived the retries →
-  502 ``upstream_bad_response``. 2xx, 3xx and 4xx responses are returned to the client class, which
+  ``upstream_unavailable``, timeout → 504 ``upstream_timeout``, a 5xx that outlived the retries or a
+  connection broken mid-answer → 502 ``upstream_bad_response``, a body over
+  ``UPSTREAM_MAX_RESPONSE_BYTES`` → 502 ``upstream_response_too_large`` (read as a stream, never buffered
+  whole). 2xx, 3xx and 4xx responses are returned to the client class, which
   knows what they mean for its store;
 - the **request id** of the current request sent as ``X-Request-ID``;
 - **metrics hooks**: an :class:`UpstreamObserver` told of every call, retry and breaker change.
@@ -171,11 +173,15 @@ class CircuitBreaker:
             self._set(BreakerState.open)
 
 
+class _TooLarge(Exception):
+    """The response body exceeded the configured maximum (internal)."""
+
+
 @dataclass
 class _Transient(Exception):
     """An attempt failed in a way worth retrying (internal to the policy)."""
 
-    kind: str  # "timeout" | "unreachable" | "status"
+    kind: str  # "timeout" | "unreachable" | "broken" | "status"
     response: httpx.Response | None = None
     retry_after: float | None = None
 
@@ -200,6 +206,7 @@ class Upstream:
         self.attempts = settings.upstream_retry_attempts
         self.max_wait = settings.upstream_retry_max_wait
         self.total_timeout = settings.upstream_total_timeout
+        self.max_response_bytes = settings.upstream_max_response_bytes
         self.observer: UpstreamObserver = observer or NullObserver()
         self.breaker = CircuitBreaker(
             threshold=settings.breaker_failure_threshold,
@@ -262,21 +269,23 @@ class Upstream:
             remaining = max(0.001, deadline - time.monotonic())
             try:
                 async with asyncio.timeout(remaining):
-                    response = await self.client.request(
-                        method,
-                        url,
-                        headers=sent_headers,
-                        json=json,
-                        content=content,
-                        params=params,
-                        auth=auth,
-                    )
+                    response = await self._send(method, url, sent_headers, json, content, params, auth)
             except (httpx.TimeoutException, TimeoutError):
                 self._failed(operation, "timeout", started)
                 raise _Transient("timeout") from None
-            except httpx.TransportError:
+            except httpx.ConnectError:
                 self._failed(operation, "unreachable", started)
                 raise _Transient("unreachable") from None
+            except httpx.TransportError:
+                self._failed(operation, "broken", started)
+                raise _Transient("broken") from None
+            except _TooLarge:
+                self.breaker.record_success()
+                self.observer.on_call(self.name, operation, "too_large", time.perf_counter() - started)
+                raise UpstreamError(
+                    f"{self.display_name} sent a response over UPSTREAM_MAX_RESPONSE_BYTES ({operation}).",
+                    code="upstream_response_too_large",
+                ) from None
             self.observer.on_call(
                 self.name, operation, str(response.status_code), time.perf_counter() - started
             )
@@ -311,6 +320,41 @@ class Upstream:
             raise self._as_problem(failure, operation) from None
         return result
 
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        json: Any,
+        content: bytes | str | None,
+        params: httpx.QueryParams | dict[str, str] | None,
+        auth: httpx.Auth | None,
+    ) -> httpx.Response:
+        """Send and read the body, refusing more than ``max_response_bytes`` (streamed, not buffered)."""
+        request = self.client.build_request(
+            method, url, headers=headers, json=json, content=content, params=params
+        )
+        response = await self.client.send(request, auth=auth, stream=True)
+        chunks: list[bytes] = []
+        try:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise _TooLarge
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise _TooLarge
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return httpx.Response(
+            response.status_code,
+            headers=[(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"],
+            content=b"".join(chunks),
+            request=request,
+        )
+
     def _failed(self, operation: str, outcome: str, started: float) -> None:
         self.breaker.record_failure()
         self.observer.on_call(self.name, operation, outcome, time.perf_counter() - started)
@@ -321,6 +365,8 @@ class Upstream:
             return UpstreamTimeout(f"{self.display_name} did not answer in time ({operation}).")
         if failure.kind == "unreachable":
             return UpstreamUnavailable(f"{self.display_name} cannot be reached ({operation}).", retry_after=5)
+        if failure.kind == "broken":
+            return UpstreamError(f"{self.display_name} broke the connection mid-answer ({operation}).")
         assert failure.response is not None
         status = failure.response.status_code
         if status in {429, 503}:

@@ -209,3 +209,27 @@ async def test_request_id_is_propagated(upstream: Upstream) -> None:
     finally:
         request_id_var.reset(token)
     assert route.calls.last.request.headers["X-Request-ID"] == "req-12345678"
+
+
+async def test_connection_reset_mid_body_is_502_and_retried_when_idempotent(upstream: Upstream) -> None:
+    from tests.faults import ResettingServer
+
+    async with ResettingServer() as server:
+        with pytest.raises(UpstreamError) as info:
+            await upstream.request("GET", server.url + "/x", idempotent=True, operation="read")
+        assert info.value.status == 502
+        assert server.connections == 3
+    await upstream.aclose()
+
+
+@respx.mock
+async def test_a_response_over_the_limit_is_refused(make_settings: Callable[..., Settings]) -> None:
+    upstream = Upstream(
+        name="t", display_name="T", settings=make_settings(upstream_max_response_bytes=65_536)
+    )
+    respx.get(URL).mock(return_value=httpx.Response(200, content=b"x" * 70_000))
+    with pytest.raises(UpstreamError) as info:
+        await upstream.request("GET", URL, idempotent=True, operation="read")
+    assert info.value.code == "upstream_response_too_large"
+    respx.get(URL).mock(return_value=httpx.Response(200, content=b"x" * 60_000))
+    assert len((await upstream.request("GET", URL, idempotent=True, operation="read")).content) == 60_000
