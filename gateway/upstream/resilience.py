@@ -293,9 +293,10 @@ class Upstream:
                 self.breaker.record_failure()
             else:
                 self.breaker.record_success()
-            if should_retry_status(response.status_code) or response.status_code >= 500:
-                await response.aclose()
+            if should_retry_status(response.status_code):
                 raise _Transient("status", response, parse_retry_after(response.headers.get("Retry-After")))
+            if response.status_code >= 500:  # a server error that another try will not mend
+                raise self._as_problem(_Transient("status", response), operation)
             return response
 
         def wait(state: RetryCallState) -> float:

@@ -233,3 +233,12 @@ async def test_a_response_over_the_limit_is_refused(make_settings: Callable[...,
     assert info.value.code == "upstream_response_too_large"
     respx.get(URL).mock(return_value=httpx.Response(200, content=b"x" * 60_000))
     assert len((await upstream.request("GET", URL, idempotent=True, operation="read")).content) == 60_000
+
+
+@respx.mock
+async def test_a_500_is_not_retried_even_when_idempotent(upstream: Upstream) -> None:
+    route = respx.get(URL).mock(return_value=httpx.Response(500))
+    with pytest.raises(UpstreamError) as info:
+        await upstream.request("GET", URL, idempotent=True, operation="read")
+    assert info.value.status == 502
+    assert route.call_count == 1
