@@ -191,3 +191,26 @@ async def test_ready_on_the_embedded_sqlite(make_settings: Callable[..., Setting
         async with running_app(settings) as client:
             response = await client.get("/ready")
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"fhir_auth_mode": "basic", "fhir_username": "svc", "fhir_password": "fhir-pw-1"},
+            "Basic c3ZjOmZoaXItcHctMQ==",
+        ),
+        ({"fhir_auth_mode": "bearer", "fhir_bearer_token": "fhir-token-2"}, "Bearer fhir-token-2"),
+    ],
+)
+async def test_fhir_probe_sends_the_configured_credentials(
+    make_settings: Callable[..., Settings], tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        healthy_upstreams(router)
+        settings = make_settings(auth_db_sqlite_path=tmp_path / "a.db", ready_cache_seconds=0, **overrides)
+        async with running_app(settings) as client:
+            response = await client.get("/ready")
+        metadata = router.get(METADATA)
+    assert response.status_code == 200, response.text
+    assert metadata.calls.last.request.headers["authorization"] == expected
