@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -236,18 +237,27 @@ def install_error_handlers(app: FastAPI) -> None:
         error = ApiError(detail, code=code, status=exc.status_code, title=title, headers=headers)
         return problem_response(request, error)
 
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        # Registered for SQLAlchemy errors so an outage is answered here (and not re-raised to the
+        # server as an unhandled error, which is what the catch-all handler below does by design).
         if _is_db_outage(exc):
             logger.warning("auth database unavailable: %s", type(exc).__name__)
             return problem_response(
                 request, AuthDatabaseUnavailable("The auth database cannot be reached.", retry_after=5)
             )
+        logger.error("auth database error: %s", type(exc).__name__)
+        return problem_response(request, ApiError("An unexpected error occurred."))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _is_db_outage(exc):
+            return await database_error(request, exc)
         logger.exception("unhandled error", exc_info=exc)
         return problem_response(request, ApiError("An unexpected error occurred."))
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(SQLAlchemyError, database_error)
     app.add_exception_handler(Exception, unexpected)
 
 
