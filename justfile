@@ -66,3 +66,7 @@ stack-down *args:
 # Follow the stack's logs (all services, or the ones named: just stack-logs gateway ehrbase)
 stack-logs *services:
     docker compose -f compose.dev.yml --env-file .env logs -f --tail=200 {{services}}
+
+# A longer schemathesis run against the app's own OpenAPI (examples per operation: FUZZ_EXAMPLES, default 200)
+fuzz examples="200":
+    SCHEMATHESIS_MAX_EXAMPLES={{examples}} uv run pytest tests/reliability/test_schemathesis.py -q

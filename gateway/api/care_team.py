@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlmodel import col, select
 
 from auth_db.models import CareTeamLink, User
@@ -63,9 +63,11 @@ async def grant(body: CareTeamGrant, admin: Admin, session: SessionDep, audit: A
     "/{link_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Revoke a care-team link (effective on the user's next request)",
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 422),
 )
-async def revoke(link_id: int, admin: Admin, session: SessionDep, audit: AuditDep) -> Response:
+async def revoke(
+    link_id: Annotated[int, Path(ge=1, le=2**31 - 1)], admin: Admin, session: SessionDep, audit: AuditDep
+) -> Response:
     link = await session.get(CareTeamLink, link_id)
     if link is None or link.revoked_at is not None:
         raise NotFound("No active care-team link with this id.", code="care_team_link_not_found")
