@@ -23,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.models import LoginThrottle
 from gateway.errors import TooManyRequests
+from gateway.metrics import record_lockout, record_login_failure
 from gateway.system_settings import get_system_setting
 
 
@@ -107,6 +108,7 @@ async def begin_attempt(
             row.failures, row.window_started_at = 0, now
         if row.failures >= threshold:
             row.locked_until, row.failures, row.window_started_at = now + policy.lockout, 0, now
+            record_lockout(_scope(key))
             wait = max(wait or 0, _seconds_until(row.locked_until, now))
         else:
             row.failures += 1
@@ -115,15 +117,21 @@ async def begin_attempt(
     return wait
 
 
+def _scope(key: str) -> str:
+    return "account" if key.startswith("user:") else "address"
+
+
 async def attempt_failed(
     session: AsyncSession, limits: list[tuple[str, int]], *, policy: ThrottlePolicy, now: datetime
 ) -> list[str]:
     """Keep the failed attempt counted; lock the keys that reached their threshold (returned)."""
     locked: list[str] = []
+    record_login_failure()
     for key, threshold in limits:
         row = await _locked_row(session, key, now)
         if row.failures >= threshold and (row.locked_until is None or row.locked_until <= now):
             row.locked_until, row.failures, row.window_started_at = now + policy.lockout, 0, now
+            record_lockout(_scope(key))
             locked.append(key)
             session.add(row)
     await session.flush()

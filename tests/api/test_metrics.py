@@ -148,3 +148,15 @@ async def test_right_token_is_accepted(sqlite_settings: Callable[..., Settings])
         response = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200
     assert "gateway_http_requests_total" in response.text
+
+
+async def test_failed_logins_and_lockouts_are_counted(sqlite_settings: Callable[..., Settings]) -> None:
+    async with running_app(sqlite_settings()) as client:
+        before = (await client.get("/metrics")).text
+        failures_before = sum(value for _, value in samples(before, "gateway_login_failures_total"))
+        lockouts_before = sum(value for _, value in samples(before, "gateway_login_lockouts_total"))
+        for _ in range(12):
+            await client.post("/auth/token", data={"username": "nobody", "password": "wrong-password-123"})
+        after = (await client.get("/metrics")).text
+    assert sum(value for _, value in samples(after, "gateway_login_failures_total")) > failures_before
+    assert sum(value for _, value in samples(after, "gateway_login_lockouts_total")) > lockouts_before
