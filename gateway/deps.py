@@ -17,13 +17,13 @@ from gateway.audit import AuditLog
 from gateway.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session_factory(request: Request) -> SessionFactory:
+async def get_session_factory(request: Request) -> SessionFactory:
     """The auth database session factory opened by the lifespan."""
     factory: SessionFactory = request.app.state.session_factory
     return factory
@@ -46,7 +46,7 @@ async def get_session(
             raise
 
 
-def get_audit(request: Request) -> AuditLog:
+async def get_audit(request: Request) -> AuditLog:
     """The audit log bound to this request (client address and request id filled in)."""
     audit: AuditLog = request.app.state.audit
     return audit.for_request(request)

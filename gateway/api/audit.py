@@ -23,7 +23,7 @@ router = APIRouter(prefix="/admin/audit", tags=["audit (admin)"])
 Admin = Annotated[Principal, Depends(require(Permission.audit_read))]
 
 
-def _filter(
+async def _filter(
     user: uuid.UUID | None = None,
     patient: Annotated[str | None, Query(pattern=FHIR_ID_PATTERN)] = None,
     action: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z_]+(\.[a-z_]+)*$")] = None,

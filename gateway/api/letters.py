@@ -33,13 +33,13 @@ class _NoFhirClient:
         raise ServiceUnavailable("The FHIR client is not configured.", code="upstream_unavailable")
 
 
-def get_patient_reader(request: Request) -> PatientReader:
+async def get_patient_reader(request: Request) -> PatientReader:
     """The FHIR client opened by the lifespan (confirms a patient exists before an EHR is created)."""
     reader: PatientReader = getattr(request.app.state, "fhir", None) or _NoFhirClient()
     return reader
 
 
-def get_letter_service(
+async def get_letter_service(
     settings: SettingsDep,
     factory: SessionFactoryDep,
     ehrbase: EhrbaseDep,

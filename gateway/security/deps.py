@@ -149,7 +149,7 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
     return dependency
 
 
-def get_password_service(request: Request, settings: SettingsDep) -> PasswordService:
+async def get_password_service(request: Request, settings: SettingsDep) -> PasswordService:
     """The app's password hasher (created once per app, on first use)."""
     service: PasswordService | None = getattr(request.app.state, "password_service", None)
     if service is None:
@@ -161,7 +161,7 @@ def get_password_service(request: Request, settings: SettingsDep) -> PasswordSer
 PasswordsDep = Annotated[PasswordService, Depends(get_password_service)]
 
 
-def get_authenticator(
+async def get_authenticator(
     settings: SettingsDep, factory: SessionFactoryDep, audit: AuditDep, passwords: PasswordsDep
 ) -> Authenticator:
     """The login/refresh/logout use-cases bound to this request."""
@@ -171,7 +171,7 @@ def get_authenticator(
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
-def get_totp_cipher(settings: SettingsDep) -> TotpCipher:
+async def get_totp_cipher(settings: SettingsDep) -> TotpCipher:
     """Encrypts TOTP secrets with the configured key."""
     return TotpCipher(settings)
 
@@ -179,7 +179,7 @@ def get_totp_cipher(settings: SettingsDep) -> TotpCipher:
 TotpCipherDep = Annotated[TotpCipher, Depends(get_totp_cipher)]
 
 
-def client_info(request: Request) -> ClientInfo:
+async def client_info(request: Request) -> ClientInfo:
     """The client address and user agent of this request."""
     return ClientInfo(
         addr=request.client.host if request.client else None,

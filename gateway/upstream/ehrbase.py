@@ -358,7 +358,7 @@ class EhrbaseClient:
             raise upstream_failure(response, "template")
 
 
-def get_ehrbase(request: Request) -> EhrbaseClient:
+async def get_ehrbase(request: Request) -> EhrbaseClient:
     """The EHRbase client opened by the lifespan."""
     client: EhrbaseClient = request.app.state.ehrbase
     return client

@@ -357,7 +357,7 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
-def get_fhir(request: Request) -> FhirClient:
+async def get_fhir(request: Request) -> FhirClient:
     """The process's FHIR client (opened by the lifespan)."""
     client: FhirClient = request.app.state.fhir
     return client
