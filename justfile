@@ -70,3 +70,8 @@ stack-logs *services:
 # A longer schemathesis run against the app's own OpenAPI (examples per operation: FUZZ_EXAMPLES, default 200)
 fuzz examples="200":
     SCHEMATHESIS_MAX_EXAMPLES={{examples}} uv run pytest tests/reliability/test_schemathesis.py -q
+
+# Benchmark the gateway against stub upstreams on loopback (needs wrk; writes var/bench/); a few minutes
+bench:
+    @command -v wrk >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
+    uv run --group bench python -m tests.bench.run
