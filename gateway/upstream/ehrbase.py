@@ -372,5 +372,6 @@ def create_ehrbase_client(settings: Settings) -> EhrbaseClient:
     from gateway.upstream.resilience import Upstream as ResilientUpstream
 
     return EhrbaseClient(
-        ResilientUpstream(name="ehrbase", display_name="EHRbase", settings=settings), settings
+        ResilientUpstream(name="ehrbase", display_name="EHRbase", settings=settings, issues_of=issues_of),
+        settings,
     )

@@ -231,3 +231,13 @@ class TestEhrbaseFaults:
             assert first.status_code in (201, 504), first.text
             assert second.status_code in (200, 201), second.text
             assert len(stored) == 1
+
+
+async def test_an_ehrbase_500_carries_its_message(gateway: Callable[..., Any]) -> None:
+    async with gateway() as gw:
+        with respx.mock(assert_all_called=False) as mock:
+            mock.route(host="gateway.test").pass_through()
+            mock.post(f"{eb.BASE}/query/aql").mock(return_value=eb.error(500, "Could not execute query"))
+            response = await gw.client.get(f"/patients/{PATIENT}/letters", headers=gw.headers)
+    assert response.status_code == 502
+    assert response.json()["upstream_issues"][0]["diagnostics"] == "Could not execute query"
