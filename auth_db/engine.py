@@ -64,6 +64,17 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+def create_autocommit_session_factory(engine: AsyncEngine) -> SessionFactory:
+    """Sessions without an explicit transaction (no BEGIN/COMMIT round trips), sharing ``engine``'s pool.
+
+    For single-statement work on the hot path: the authentication and access checks (reads) and the
+    audit insert (one statement, durable when it returns).
+    """
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), class_=AsyncSession, expire_on_commit=False
+    )
+
+
 @asynccontextmanager
 async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session whose transaction commits when the block ends normally and rolls back otherwise."""

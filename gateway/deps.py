@@ -29,6 +29,12 @@ async def get_session_factory(request: Request) -> SessionFactory:
     return factory
 
 
+async def get_autocommit_session_factory(request: Request) -> SessionFactory:
+    """Sessions without a transaction, for single-statement reads on the hot path (see auth_db.engine)."""
+    factory: SessionFactory = request.app.state.autocommit_session_factory
+    return factory
+
+
 async def get_session(
     factory: Annotated[SessionFactory, Depends(get_session_factory)],
 ) -> AsyncIterator[AsyncSession]:
@@ -54,5 +60,6 @@ async def get_audit(request: Request) -> AuditLog:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
+AutocommitSessionFactoryDep = Annotated[SessionFactory, Depends(get_autocommit_session_factory)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db import migrate
-from auth_db.engine import create_engine, create_session_factory
+from auth_db.engine import create_autocommit_session_factory, create_engine, create_session_factory
 from gateway.api import audit, auth, break_glass, care_team, health, letters, patients, users
 from gateway.api import metrics as metrics_api
 from gateway.api import settings as settings_api
@@ -54,7 +54,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.settings = settings
         app.state.engine = engine
         app.state.session_factory = factory
-        app.state.audit = AuditLog(factory)
+        app.state.autocommit_session_factory = create_autocommit_session_factory(engine)
+        app.state.audit = AuditLog(app.state.autocommit_session_factory)
         app.state.fhir = FhirClient(settings)
         app.state.ehrbase = create_ehrbase_client(settings)
         observer = PrometheusObserver()

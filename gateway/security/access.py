@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from auth_db.models import BreakGlassGrant, CareTeamLink
 from auth_db.types import utcnow
 from gateway.audit import Actor, Outcome
-from gateway.deps import AuditDep, SessionFactoryDep
+from gateway.deps import AuditDep, AutocommitSessionFactoryDep
 from gateway.errors import Forbidden
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal
@@ -100,7 +100,7 @@ def patient_access(permission: Permission, action: str) -> Callable[..., Awaitab
     async def dependency(
         patient_id: PatientIdPath,
         principal: Annotated[Principal, Depends(require(permission))],
-        factory: SessionFactoryDep,
+        factory: AutocommitSessionFactoryDep,
         audit: AuditDep,
     ) -> PatientAccess:
         async with factory() as session:

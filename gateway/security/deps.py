@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.types import utcnow
 from gateway.audit import Outcome
-from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
+from gateway.deps import AuditDep, AutocommitSessionFactoryDep, SessionFactoryDep, SettingsDep
 from gateway.errors import Forbidden, NotAuthenticated
 from gateway.security.authn import Authenticator, ClientInfo
 from gateway.security.csrf import check_csrf, cookie_names
@@ -40,7 +40,7 @@ bearer_scheme = OAuth2PasswordBearer(
 async def authenticated_principal(
     request: Request,
     settings: SettingsDep,
-    factory: SessionFactoryDep,
+    factory: AutocommitSessionFactoryDep,
     audit: AuditDep,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
 ) -> Principal:
