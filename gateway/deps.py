@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth_db.engine import SessionFactory
+from auth_db.engine import SessionFactory, transaction
 from gateway.audit import AuditLog
 from gateway.settings import Settings
 
@@ -43,13 +43,8 @@ async def get_session(
     The commit happens before the response is sent (``scope="function"``), so a client never sees
     success for a write that did not commit.
     """
-    async with factory() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    async with transaction(factory) as session:
+        yield session
 
 
 async def get_audit(request: Request) -> AuditLog:
