@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from anyio import to_thread
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
-from zxcvbn import zxcvbn
 
 from gateway.errors import UnprocessableEntity
 from gateway.settings import Settings
@@ -89,6 +88,8 @@ def password_problems(password: str, user_inputs: Sequence[str] = ()) -> list[st
         return [f"must be at least {MIN_LENGTH} characters long"]
     if len(password) > MAX_LENGTH:
         return [f"must be at most {MAX_LENGTH} characters long"]
+    from zxcvbn import zxcvbn  # imported on first use: its word lists cost ~11 MB per worker
+
     inputs = [item for item in user_inputs if item]
     result = zxcvbn(password[:ZXCVBN_MAX_INPUT], user_inputs=[item[:ZXCVBN_MAX_INPUT] for item in inputs])
     if int(result["score"]) < MIN_ZXCVBN_SCORE:

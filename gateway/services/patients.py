@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -118,6 +117,8 @@ def validate_patient(body: dict[str, Any], *, path_id: str | None) -> dict[str, 
     Raises:
         UnprocessableEntity: with one error per invalid element.
     """
+    from fhir.resources.R4B.patient import Patient  # imported on first use: only writes validate
+
     body = dict(body)
     body.pop("meta", None)
     if path_id is None and body.get("id") is not None:
