@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -161,7 +162,19 @@ def wait_for(url: str, seconds: float = 60) -> None:
     raise SystemExit(f"bench: {url} did not come up within {seconds} s")
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:``port`` (another bench run, another server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def main() -> None:
+    busy = [port for port in (STUB_PORT, GATEWAY_PORT) if port_in_use(port)]
+    if busy:
+        raise SystemExit(
+            f"bench: port(s) {busy} already in use (another bench run?); measuring someone else's server "
+            "would be wrong — stop it or set BENCH_STUB_PORT/BENCH_GATEWAY_PORT"
+        )
     if shutil.which("wrk") is None:
         raise SystemExit(
             "bench: wrk is missing; install it with `apt-get install wrk` (Debian) or your package manager"
