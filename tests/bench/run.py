@@ -103,9 +103,13 @@ def run_wrk(method: str, url: str, body: Any, headers: dict[str, str], connectio
         script.name,
         url,
     ]
-    output = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30, check=True).stdout
+    done = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30, check=False)
     os.unlink(script.name)
-    return parse_wrk(output)
+    if done.returncode != 0:
+        # wrk could not connect at all (the server is gone): record the point as failed, keep the run going.
+        print(f"bench: wrk failed on {url}: {done.stderr.strip()[:200]}", file=sys.stderr)
+        return parse_wrk(done.stdout) | {"errors": max(1, parse_wrk(done.stdout)["errors"]), "failed": True}
+    return parse_wrk(done.stdout)
 
 
 def start_postgres() -> str:
