@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Start the real upstream servers for end-to-end tests, without Docker:
+#   PostgreSQL    (dedicated cluster on 127.0.0.1:$E2E_PG_PORT; data dir: see common.sh)
+#   EHRbase 2.x   (Spring Boot jar built from Maven Central artifacts, see ehrbase/pom.xml)
+#   HAPI FHIR JPA R4 (minimal launcher on HAPI's Maven Central libraries, see hapi/pom.xml)
+# Idempotent: what already runs is kept. Progress goes to stderr; stdout gets only `export` lines,
+# so a harness can do:  eval "$(tests/e2e/infra/up.sh)"   (also written to var/e2e/run/env.sh).
+# Stop with tests/e2e/infra/down.sh. See README.md beside this file.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+die() { e2e_log "ERROR: $*"; exit 1; }
+
+mkdir -p "$E2E_LOG_DIR" "$E2E_RUN_DIR"
+
+# ---------------------------------------------------------------- java
+java_major() { # java_major JAVA_BIN -> prints major version or nothing
+    "$1" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p' | head -1
+}
+
+find_java() { # find_java MIN_MAJOR PREFERRED_HOME -> prints path of a java binary
+    local min="$1" pref="$2" cand v
+    for cand in ${pref:+"$pref/bin/java"} ${JAVA_HOME:+"$JAVA_HOME/bin/java"} "$(command -v java || true)" \
+                /usr/lib/jvm/*/bin/java; do
+        [ -n "$cand" ] && [ -x "$cand" ] || continue
+        v="$(java_major "$cand")"
+        if [ -n "$v" ] && [ "${v%%.*}" -ge "$min" ]; then echo "$cand"; return 0; fi
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- build
+needs_build() { # needs_build DIR JAR
+    local dir="$1" jar="$2"
+    [ -f "$jar" ] || return 0
+    [ -n "$(find "$dir/pom.xml" "$dir/src" -newer "$jar" -print -quit)" ]
+}
+
+build() { # build NAME JAVA_BIN
+    local name="$1" javabin="$2" dir="$E2E_INFRA_DIR/$1" jar t0
+    jar="$dir/target/$name-e2e.jar"
+    if ! needs_build "$dir" "$jar"; then e2e_log "$name: jar up to date ($jar)"; return 0; fi
+    command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
+    e2e_log "$name: building with Maven (log: $E2E_LOG_DIR/$name-build.log) ..."
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    if ! (cd "$dir" && JAVA_HOME="$(dirname "$(dirname "$(readlink -f "$javabin")")")" \
+            timeout "$E2E_BUILD_TIMEOUT" mvn $E2E_MVN_ARGS package) > "$E2E_LOG_DIR/$name-build.log" 2>&1; then
+        tail -n 40 "$E2E_LOG_DIR/$name-build.log" >&2
+        die "$name: Maven build failed (see $E2E_LOG_DIR/$name-build.log)"
+    fi
+    e2e_log "$name: built in $(( $(date +%s) - t0 ))s"
+}
+
+# ---------------------------------------------------------------- postgres
+pg_start() {
+    [ -x "$E2E_PG_BIN/pg_ctl" ] || die "PostgreSQL binaries not found in $E2E_PG_BIN (apt-get install postgresql-15)"
+    local owner="$E2E_PG_OS_USER"
+    [ "$(id -u)" = 0 ] || owner="$(id -un)"
+    mkdir -p "$E2E_PGDATA" "$E2E_PG_SOCKET_DIR"
+    touch "$E2E_PG_LOG"
+    if [ "$(id -u)" = 0 ]; then
+        chown "$owner" "$E2E_PGDATA" "$E2E_PG_SOCKET_DIR" "$E2E_PG_LOG"
+    fi
+    chmod 700 "$E2E_PGDATA" "$E2E_PG_SOCKET_DIR"
+
+    if [ ! -f "$E2E_PGDATA/PG_VERSION" ]; then
+        e2e_log "postgres: initdb $E2E_PGDATA"
+        e2e_as_pg "$E2E_PG_BIN/initdb" -D "$E2E_PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+            --auth-local=trust --auth-host=scram-sha-256 > "$E2E_LOG_DIR/initdb.log" 2>&1 \
+            || { cat "$E2E_LOG_DIR/initdb.log" >&2; die "initdb failed"; }
+        # Throw-away test data: trade durability for speed.
+        cat >> "$E2E_PGDATA/postgresql.conf" <<EOF
+
+# --- e2e (tests/e2e/infra/up.sh) ---
+listen_addresses = '$E2E_PG_HOST'
+port = $E2E_PG_PORT
+unix_socket_directories = '$E2E_PG_SOCKET_DIR'
+unix_socket_permissions = 0700
+max_connections = 200
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+    fi
+
+    if e2e_as_pg "$E2E_PG_BIN/pg_ctl" -D "$E2E_PGDATA" status >/dev/null 2>&1; then
+        e2e_log "postgres: already running on $E2E_PG_HOST:$E2E_PG_PORT"
+    else
+        if e2e_port_busy "$E2E_PG_PORT"; then die "port $E2E_PG_PORT is taken by another process"; fi
+        e2e_log "postgres: starting on $E2E_PG_HOST:$E2E_PG_PORT"
+        # port/socket also on the command line so an overridden E2E_PG_PORT wins over postgresql.conf
+        # Retried: the default port lies in Linux's ephemeral range, so a client socket of another
+        # process can hold it for a moment ("could not bind ... Address already in use").
+        local try
+        for try in 1 2 3 4 5; do
+            if e2e_as_pg "$E2E_PG_BIN/pg_ctl" -D "$E2E_PGDATA" -l "$E2E_PG_LOG" -w -t 60 \
+                    -o "-p $E2E_PG_PORT -k $E2E_PG_SOCKET_DIR -h $E2E_PG_HOST" start >/dev/null 2>&1; then
+                break
+            fi
+            if [ "$try" = 5 ]; then tail -n 30 "$E2E_PG_LOG" >&2; die "postgres did not start"; fi
+            e2e_log "postgres: start failed (try $try), retrying in 3s"
+            sleep 3
+        done
+    fi
+}
+
+pg_setup_databases() {
+    # EHRbase: the superuser part of upstream's createdb.sql (v2.16.0), made re-runnable.
+    # Flyway (run by EHRbase at start-up as the admin role) creates the tables.
+    e2e_psql postgres \
+        -v db="$E2E_EHRBASE_DB_NAME" \
+        -v admin="$E2E_EHRBASE_DB_ADMIN_USER" -v admin_password="$E2E_EHRBASE_DB_ADMIN_PASSWORD" \
+        -v restricted="$E2E_EHRBASE_DB_USER" -v restricted_password="$E2E_EHRBASE_DB_PASSWORD" \
+        -v hdb="$E2E_HAPI_DB_NAME" -v huser="$E2E_HAPI_DB_USER" -v hpassword="$E2E_HAPI_DB_PASSWORD" \
+        -v guser="$E2E_GATEWAY_DB_USER" -v gpassword="$E2E_GATEWAY_DB_PASSWORD" <<'SQL'
+SELECT format('CREATE ROLE %I WITH LOGIN', :'admin') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'admin') \gexec
+SELECT format('CREATE ROLE %I WITH LOGIN', :'restricted') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'restricted') \gexec
+SELECT format('CREATE ROLE %I WITH LOGIN', :'huser') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'huser') \gexec
+ALTER ROLE :"admin" WITH LOGIN PASSWORD :'admin_password';
+ALTER ROLE :"restricted" WITH LOGIN PASSWORD :'restricted_password';
+ALTER ROLE :"huser" WITH LOGIN PASSWORD :'hpassword';
+SELECT format('CREATE ROLE %I WITH LOGIN CREATEDB', :'guser') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'guser') \gexec
+ALTER ROLE :"guser" WITH LOGIN CREATEDB PASSWORD :'gpassword';
+SELECT format('CREATE DATABASE %I ENCODING %L LOCALE %L TEMPLATE template0', :'db', 'UTF-8', 'C') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+GRANT ALL PRIVILEGES ON DATABASE :"db" TO :"admin";
+GRANT ALL PRIVILEGES ON DATABASE :"db" TO :"restricted";
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0', :'hdb', :'huser', 'UTF-8') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'hdb') \gexec
+SQL
+    e2e_psql "$E2E_EHRBASE_DB_NAME" \
+        -v db="$E2E_EHRBASE_DB_NAME" -v admin="$E2E_EHRBASE_DB_ADMIN_USER" -v restricted="$E2E_EHRBASE_DB_USER" <<'SQL'
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+CREATE SCHEMA IF NOT EXISTS ehr AUTHORIZATION :"admin";
+GRANT USAGE ON SCHEMA ehr TO :"restricted";
+ALTER DEFAULT PRIVILEGES FOR USER :"admin" IN SCHEMA ehr GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"restricted";
+ALTER DEFAULT PRIVILEGES FOR USER :"admin" IN SCHEMA ehr GRANT SELECT ON SEQUENCES TO :"restricted";
+CREATE SCHEMA IF NOT EXISTS ext AUTHORIZATION :"admin";
+GRANT USAGE ON SCHEMA ext TO :"restricted";
+CREATE EXTENSION IF NOT EXISTS "uuid-ossp" SCHEMA ext;
+ALTER DATABASE :"db" SET search_path TO ext;
+ALTER DATABASE :"db" SET intervalstyle = 'iso_8601';
+ALTER FUNCTION jsonb_path_query(jsonb, jsonpath, jsonb, boolean) ROWS 1;
+SQL
+    e2e_log "postgres: databases '$E2E_EHRBASE_DB_NAME' and '$E2E_HAPI_DB_NAME' ready"
+}
+
+# ---------------------------------------------------------------- servers
+launch() { # launch NAME PORT JAVA_BIN JAVA_OPTS [java args...]   (env for the JVM set by caller)
+    local name="$1" port="$2" javabin="$3" opts="$4"; shift 4
+    if e2e_pid_alive "$name"; then e2e_log "$name: already running (pid $(cat "$E2E_RUN_DIR/$name.pid"))"; return 0; fi
+    if e2e_port_busy "$port"; then die "$name: port $port is taken by another process"; fi
+    local log="$E2E_LOG_DIR/$name.log"
+    [ -f "$log" ] && mv -f "$log" "$log.prev"
+    e2e_log "$name: starting on 127.0.0.1:$port (log: $log)"
+    date +%s > "$E2E_RUN_DIR/$name.started"
+    # shellcheck disable=SC2086
+    setsid nohup "$javabin" $opts -jar "$@" > "$log" 2>&1 < /dev/null &
+    echo $! > "$E2E_RUN_DIR/$name.pid"
+}
+
+wait_healthy() { # wait_healthy NAME URL [curl args...]
+    local name="$1" url="$2"; shift 2
+    local deadline=$(( $(date +%s) + E2E_START_TIMEOUT )) code t0
+    t0="$(cat "$E2E_RUN_DIR/$name.started" 2>/dev/null || date +%s)"
+    while :; do
+        code="$(e2e_http_code "$url" "$@")"
+        if [ "$code" = 200 ]; then
+            e2e_log "$name: healthy ($url -> 200, $(( $(date +%s) - t0 ))s after launch)"
+            return 0
+        fi
+        if ! e2e_pid_alive "$name"; then
+            tail -n 60 "$E2E_LOG_DIR/$name.log" >&2
+            die "$name: process exited during start-up (see $E2E_LOG_DIR/$name.log)"
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            tail -n 60 "$E2E_LOG_DIR/$name.log" >&2
+            die "$name: not healthy after ${E2E_START_TIMEOUT}s (last HTTP code '$code'; see $E2E_LOG_DIR/$name.log)"
+        fi
+        sleep 3
+    done
+}
+
+start_ehrbase() {
+    local javabin
+    javabin="$(find_java 21 "$E2E_EHRBASE_JAVA_HOME")" || die "EHRbase 2.x needs Java 21+; set E2E_EHRBASE_JAVA_HOME"
+    build ehrbase "$javabin"
+    # Same settings as compose.dev.yml's ehrbase service (the upstream image's `docker` profile).
+    SPRING_PROFILES_ACTIVE=docker \
+    DB_URL="jdbc:postgresql://$E2E_PG_HOST:$E2E_PG_PORT/$E2E_EHRBASE_DB_NAME" \
+    DB_USER="$E2E_EHRBASE_DB_USER" DB_PASS="$E2E_EHRBASE_DB_PASSWORD" \
+    DB_USER_ADMIN="$E2E_EHRBASE_DB_ADMIN_USER" DB_PASS_ADMIN="$E2E_EHRBASE_DB_ADMIN_PASSWORD" \
+    SERVER_ADDRESS=127.0.0.1 SERVER_PORT="$E2E_EHRBASE_PORT" SERVER_SERVLET_CONTEXT_PATH=/ehrbase \
+    SERVER_NODENAME="$E2E_EHRBASE_NODE_NAME" \
+    SERVER_TOMCAT_THREADS_MINSPARE=10 \
+    SPRING_DATASOURCE_HIKARI_MINIMUMIDLE=2 SPRING_DATASOURCE_HIKARI_MAXIMUMPOOLSIZE=20 \
+    SECURITY_AUTHTYPE=BASIC \
+    SECURITY_AUTHUSER="$E2E_EHRBASE_USER" SECURITY_AUTHPASSWORD="$E2E_EHRBASE_PASSWORD" \
+    SECURITY_AUTHADMINUSER="$E2E_EHRBASE_ADMIN_USER" SECURITY_AUTHADMINPASSWORD="$E2E_EHRBASE_ADMIN_PASSWORD" \
+    ADMINAPI_ACTIVE=true \
+    MANAGEMENT_ENDPOINTS_WEB_EXPOSURE_INCLUDE=health MANAGEMENT_ENDPOINTS_WEB_ACCESS=PUBLIC \
+    MANAGEMENT_ENDPOINT_HEALTH_ENABLED=true \
+    MANAGEMENT_ENDPOINT_HEALTH_SHOW_DETAILS=never MANAGEMENT_ENDPOINT_HEALTH_SHOW_COMPONENTS=never \
+    PLUGINMANAGER_PLUGINDIR="$E2E_VAR_DIR/ehrbase-plugins" \
+    PLUGINMANAGER_PLUGINCONFIGDIR="$E2E_VAR_DIR/ehrbase-plugin-config" \
+        launch ehrbase "$E2E_EHRBASE_PORT" "$javabin" "$E2E_EHRBASE_JAVA_OPTS" "$E2E_EHRBASE_JAR"
+}
+
+start_hapi() {
+    local javabin
+    javabin="$(find_java 17 "$E2E_HAPI_JAVA_HOME")" || die "HAPI FHIR needs Java 17+; set E2E_HAPI_JAVA_HOME"
+    build hapi "$javabin"
+    SERVER_ADDRESS=127.0.0.1 SERVER_PORT="$E2E_HAPI_PORT" \
+    SPRING_DATASOURCE_URL="jdbc:postgresql://$E2E_PG_HOST:$E2E_PG_PORT/$E2E_HAPI_DB_NAME" \
+    SPRING_DATASOURCE_USERNAME="$E2E_HAPI_DB_USER" SPRING_DATASOURCE_PASSWORD="$E2E_HAPI_DB_PASSWORD" \
+        launch hapi "$E2E_HAPI_PORT" "$javabin" "$E2E_HAPI_JAVA_OPTS" "$E2E_HAPI_JAR" \
+            "--gateway-e2e.page-size=$E2E_HAPI_DEFAULT_PAGE_SIZE" "--gateway-e2e.max-page-size=$E2E_HAPI_MAX_PAGE_SIZE"
+}
+
+# ---------------------------------------------------------------- main
+command -v curl >/dev/null || die "curl not found"
+pg_start
+pg_setup_databases
+
+want() { case " $E2E_SERVICES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# Build/launch both first, then wait, so the two JVMs start in parallel.
+want ehrbase && start_ehrbase
+want hapi && start_hapi
+want ehrbase && wait_healthy ehrbase "$E2E_EHRBASE_URL/rest/status" -u "$E2E_EHRBASE_USER:$E2E_EHRBASE_PASSWORD"
+want hapi && wait_healthy hapi "$E2E_FHIR_URL/metadata"
+
+env_file="$E2E_RUN_DIR/env.sh"
+{
+    echo "export E2E_PG_HOST=$E2E_PG_HOST"
+    echo "export E2E_PG_PORT=$E2E_PG_PORT"
+    echo "export E2E_GATEWAY_ADMIN_DB_URL=postgresql://$E2E_GATEWAY_DB_USER:$E2E_GATEWAY_DB_PASSWORD@$E2E_PG_HOST:$E2E_PG_PORT/postgres"
+    echo "export E2E_EHRBASE_URL=$E2E_EHRBASE_URL"
+    echo "export E2E_EHRBASE_USER=$E2E_EHRBASE_USER"
+    echo "export E2E_EHRBASE_PASSWORD=$E2E_EHRBASE_PASSWORD"
+    echo "export E2E_EHRBASE_ADMIN_USER=$E2E_EHRBASE_ADMIN_USER"
+    echo "export E2E_EHRBASE_ADMIN_PASSWORD=$E2E_EHRBASE_ADMIN_PASSWORD"
+    echo "export E2E_FHIR_URL=$E2E_FHIR_URL"
+} > "$env_file"
+e2e_log "ready; exports also in $env_file"
+cat "$env_file"
