@@ -1,0 +1,237 @@
+"""End-to-end harness: the gateway as a real process against real HAPI FHIR, EHRbase and PostgreSQL.
+
+``tests/e2e/run.sh`` (``just e2e``) starts the servers with ``tests/e2e/infra/up.sh`` and exports their
+addresses as ``E2E_*`` variables; this module then
+
+- recreates the gateway's auth database (``gateway_e2e``) and migrates it with ``gateway db upgrade``,
+- uploads the letter template with ``gateway templates sync``,
+- creates the first administrator with ``gateway users create-admin`` (the only step outside the HTTP API:
+  there are no default accounts),
+- starts ``gateway serve`` on a free loopback port and hands the tests an HTTP client for it.
+
+Every scenario talks to the gateway over HTTP only; the only direct upstream calls are the checks in
+EHRbase itself (AQL) that the issue asks for. HAPI and EHRbase keep their data between runs, so every
+run uses its own random family name and NHS numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "tests" / "e2e" / "infra"
+REQUIRED = (
+    "E2E_FHIR_URL",
+    "E2E_EHRBASE_URL",
+    "E2E_EHRBASE_USER",
+    "E2E_EHRBASE_PASSWORD",
+    "E2E_EHRBASE_ADMIN_USER",
+    "E2E_EHRBASE_ADMIN_PASSWORD",
+    "E2E_GATEWAY_ADMIN_DB_URL",
+)
+AUTH_DB = "gateway_e2e"
+ADMIN_USER = "e2e.admin"
+ADMIN_PASSWORD = "Admin-e2e-" + secrets.token_urlsafe(12)
+#: Bound of every wait in the harness (seconds).
+START_TIMEOUT = 60.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the servers the suite cannot mean anything: refuse to run rather than skip quietly."""
+    missing = [name for name in REQUIRED if not os.environ.get(name)]
+    if missing and items:
+        raise pytest.UsageError(
+            "e2e: the real servers are not running ("
+            + ", ".join(missing)
+            + " unset). Run `uv run just e2e`, or `eval \"$(bash tests/e2e/infra/up.sh)\"` first."
+        )
+
+
+@dataclass
+class Stack:
+    """Addresses and credentials of the running stack, and what the scenarios learn on the way."""
+
+    gateway_url: str
+    fhir_url: str
+    ehrbase_url: str
+    ehrbase_user: tuple[str, str]
+    namespace: str
+    log_path: Path
+    admin_token: str = ""
+    clinician: dict[str, Any] = field(default_factory=dict)
+    clinician_token: str = ""
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client for the gateway, signed in with ``token`` when given."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.gateway_url, headers=headers, timeout=60.0)
+
+    def ehrbase_aql(self, query: str, parameters: dict[str, Any]) -> list[list[Any]]:
+        """Run a parameterised AQL query in EHRbase itself (not through the gateway)."""
+        response = httpx.post(
+            f"{self.ehrbase_url}/rest/openehr/v1/query/aql",
+            json={"q": query, "query_parameters": parameters},
+            auth=self.ehrbase_user,
+            timeout=30.0,
+        )
+        assert response.status_code == 200, response.text
+        rows: list[list[Any]] = response.json()["rows"]
+        return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _recreate_database(admin_url: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{AUTH_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{AUTH_DB}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{AUTH_DB}"
+
+
+def _gateway_env(database_url: str, namespace: str) -> dict[str, str]:
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_"))
+    }
+    return {
+        **inherited,
+        "GATEWAY_ENV": "production",
+        "GATEWAY_SECRET_KEY": secrets.token_hex(32),
+        "TOTP_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "AUTH_DATABASE_URL": database_url,
+        "FHIR_SERVER_URL": os.environ["E2E_FHIR_URL"],
+        "EHRBASE_URL": os.environ["E2E_EHRBASE_URL"],
+        "EHRBASE_API_USER": os.environ["E2E_EHRBASE_USER"],
+        "EHRBASE_API_PASSWORD": os.environ["E2E_EHRBASE_PASSWORD"],
+        "EHRBASE_API_ADMIN_USER": os.environ["E2E_EHRBASE_ADMIN_USER"],
+        "EHRBASE_API_ADMIN_PASSWORD": os.environ["E2E_EHRBASE_ADMIN_PASSWORD"],
+        "EHRBASE_SUBJECT_NAMESPACE": namespace,
+        # Outage scenario: see readiness and the breaker change within seconds, not the production 5 s/30 s.
+        "READY_CACHE_SECONDS": "0",
+        "BREAKER_RESET_SECONDS": "2",
+        "LOG_LEVEL": "INFO",
+        # Fast hashing: the suite logs in a handful of times, and hashing is not what it tests.
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_COST_KIB": "8192",
+        "ARGON2_PARALLELISM": "1",
+    }
+
+
+def _cli(env: dict[str, str], cwd: str, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"gateway {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited during start-up:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the gateway did not answer /health within {START_TIMEOUT:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """The gateway process with a fresh auth database, our template in EHRbase and a first admin."""
+    database_url = _recreate_database(os.environ["E2E_GATEWAY_ADMIN_DB_URL"])
+    namespace = "fhir-patient"
+    env = _gateway_env(database_url, namespace)
+    workdir = tempfile.mkdtemp(prefix="gateway-e2e-")  # no stray .env is read
+    _cli(env, workdir, "db", "upgrade")
+    synced = _cli(env, workdir, "templates", "sync")
+    print(f"e2e: templates sync: {synced.strip()}")
+    _cli(
+        env,
+        workdir,
+        "users",
+        "create-admin",
+        "--username",
+        ADMIN_USER,
+        "--display-name",
+        "E2E Administrator",
+        "--password-stdin",
+        stdin=ADMIN_PASSWORD + "\n",
+    )
+    port = _free_port()
+    log_dir = ROOT / "var" / "e2e" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(url, process, log_path)
+        yield Stack(
+            gateway_url=url,
+            fhir_url=os.environ["E2E_FHIR_URL"],
+            ehrbase_url=os.environ["E2E_EHRBASE_URL"],
+            ehrbase_user=(os.environ["E2E_EHRBASE_USER"], os.environ["E2E_EHRBASE_PASSWORD"]),
+            namespace=namespace,
+            log_path=log_path,
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def infra(script: str, *args: str, services: str | None = None, timeout: float = 600) -> None:
+    """Run ``tests/e2e/infra/<script>`` (used to stop and restart EHRbase mid-suite)."""
+    env = dict(os.environ)
+    if services is not None:
+        env["E2E_SERVICES"] = services
+    result = subprocess.run(
+        ["bash", str(INFRA / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"{script} {' '.join(args)} failed:\n{result.stderr[-3000:]}"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `just e2e`: start real PostgreSQL, EHRbase 2.x and HAPI FHIR JPA (tests/e2e/infra/up.sh), run tests/e2e
+# against the gateway, and stop everything it started, whatever happens. Extra arguments go to pytest.
+#   E2E_KEEP=1   leave the servers running afterwards (a second run then starts in seconds)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+infra=tests/e2e/infra
+t0=$(date +%s)
+
+cleanup() {
+    local rc=$?
+    if [ "${E2E_KEEP:-0}" = 1 ]; then
+        echo "e2e: servers left running (stop them with: bash $infra/down.sh)" >&2
+    else
+        bash "$infra/down.sh" >&2 || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+env_lines="$(bash "$infra/up.sh")"
+eval "$env_lines"
+t1=$(date +%s)
+echo "e2e: servers ready in $((t1 - t0))s" >&2
+
+set +e
+uv run pytest tests/e2e -o addopts="-ra --strict-markers" -p no:cacheprovider "$@"
+rc=$?
+set -e
+echo "e2e: suite took $(( $(date +%s) - t1 ))s (servers and suite: $(( $(date +%s) - t0 ))s)" >&2
+exit "$rc"
