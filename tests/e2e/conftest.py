@@ -58,7 +58,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             "e2e: the real servers are not running ("
             + ", ".join(missing)
-            + " unset). Run `uv run just e2e`, or `eval \"$(bash tests/e2e/infra/up.sh)\"` first."
+            + ' unset). Run `uv run just e2e`, or `eval "$(bash tests/e2e/infra/up.sh)"` first.'
         )
 
 

@@ -65,7 +65,7 @@ def patient_body(stack: Stack, nhs: str, given: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def rng(stack: Stack) -> random.Random:
-    return random.Random(stack.run_id)  # noqa: S311 - test data, not secrets
+    return random.Random(stack.run_id)
 
 
 # --- accounts ------------------------------------------------------------------------------------
@@ -302,7 +302,11 @@ def test_amend_with_if_match(stack: Stack) -> None:
 
         final_url = f"/patients/{patient_id}/letters/{final['id']}"
         problem(
-            clinician.put(final_url, json=letter("Discharge letter", "final"), headers={"If-Match": final["version_uid"]}),
+            clinician.put(
+                final_url,
+                json=letter("Discharge letter", "final"),
+                headers={"If-Match": final["version_uid"]},
+            ),
             422,
             "amend_reason_required",
         )
@@ -353,12 +357,21 @@ def test_audit_trail_records_every_access(stack: Stack) -> None:
         events = page.json()["items"]
     seen = {(e["action"], e["outcome"], e["actor_username"]) for e in events}
     clinician = stack.clinician["username"]
-    for action in ("patient.create", "patient.read", "patient.update", "letter.create", "letter.list",
-                   "letter.read", "letter.amend"):
+    for action in (
+        "patient.create",
+        "patient.read",
+        "patient.update",
+        "letter.create",
+        "letter.list",
+        "letter.read",
+        "letter.amend",
+    ):
         assert (action, "success", clinician) in seen, (action, sorted(seen))
     assert ("patient.read", "denied", ADMIN_USER) in seen
     letter_events = [
-        e for e in events if e["action"].startswith("letter.") and e["outcome"] == "success" and e["resource_ids"]
+        e
+        for e in events
+        if e["action"].startswith("letter.") and e["outcome"] == "success" and e["resource_ids"]
     ]
     assert letter_events
     assert all(e["ehr_id"] for e in letter_events)
@@ -390,7 +403,9 @@ def test_ehrbase_down_then_back(stack: Stack) -> None:
         infra("down.sh", "ehrbase")
         try:
             problem(clinician.get(letters), 503, "upstream_unavailable")
-            problem(clinician.post(letters, json=letter("During outage", "draft")), 503, "upstream_unavailable")
+            problem(
+                clinician.post(letters, json=letter("During outage", "draft")), 503, "upstream_unavailable"
+            )
             ready = clinician.get("/ready")
             assert ready.status_code == 503
             checks = ready.json()["checks"]

@@ -107,7 +107,8 @@ EOF
 }
 
 pg_setup_databases() {
-    # EHRbase: the superuser part of upstream's createdb.sql (v2.16.0), made re-runnable.
+    # EHRbase's documented database set-up, re-runnable: an owner role that Flyway migrates with, a restricted
+    # runtime role, schemas ehr and ext, uuid-ossp in ext, ISO 8601 intervals.
     # Flyway (run by EHRbase at start-up as the admin role) creates the tables.
     e2e_psql postgres \
         -v db="$E2E_EHRBASE_DB_NAME" \
