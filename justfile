@@ -67,6 +67,15 @@ stack-down *args:
 stack-logs *services:
     docker compose -f compose.dev.yml --env-file .env logs -f --tail=200 {{services}}
 
+# End-to-end against real PostgreSQL, EHRbase 2.x and HAPI FHIR JPA run as JVM processes (Maven, Java); a few minutes
+# (first run: Maven downloads about 500 MB). E2E_KEEP=1 leaves the servers running. Args go to pytest.
+e2e *args:
+    bash tests/e2e/run.sh {{args}}
+
+# Stop the end-to-end servers left running by `E2E_KEEP=1 just e2e` (add --wipe to delete their data)
+e2e-down *args:
+    bash tests/e2e/infra/down.sh {{args}}
+
 # A longer schemathesis run against the app's own OpenAPI (examples per operation: FUZZ_EXAMPLES, default 200)
 fuzz examples="200":
     SCHEMATHESIS_MAX_EXAMPLES={{examples}} uv run pytest tests/reliability/test_schemathesis.py -q
