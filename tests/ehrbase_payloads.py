@@ -1,7 +1,10 @@
-"""EHRbase 2.x responses, shaped like the real ones (EHRbase v2.31 sources and captures).
+"""EHRbase 2.x responses, shaped like the real ones.
 
-Written for these tests: ids and texts are synthetic. Shapes: ``POST/GET /ehr`` bodies carry only a
-reference to ``ehr_status`` (since 2.30); errors are ``{"error": <reason phrase>, "message": <text>}``;
+Written for these tests: ids are synthetic; messages are EHRbase's own (checked against EHRbase 2.16.0 as
+``just e2e`` runs it, and the 2.31 sources). Shapes: ``POST/GET /ehr`` bodies carry the whole
+``ehr_status`` in 2.16 and only a reference to it from 2.30 on (``ehr(status_inline=…)``); errors are
+``{"error": <reason phrase>, "message": <text>}``, and the same fields as XML on the template endpoints
+(which are asked for XML: ``xml_error``);
 composition writes answer 201 + body with ``Prefer: return=representation`` (else 204) and a quoted
 ``ETag`` version uid; AQL result sets have ``meta``, ``q``, ``columns`` ``{path, name}`` and ``rows``.
 """
@@ -36,24 +39,62 @@ def error(status: int, message: str) -> httpx.Response:
     return httpx.Response(status, json={"error": reason, "message": message})
 
 
-def ehr(ehr_id: str = EHR_ID, status_code: int = 200) -> httpx.Response:
-    """``GET /ehr?subject_id=…`` (200) or ``POST /ehr`` with representation (201)."""
-    body = {
-        "_type": "EHR",
+def xml_error(status: int, message: str) -> httpx.Response:
+    """An EHRbase error answer to a request that accepts XML (the template endpoints)."""
+    reason = error(status, message).json()["error"]
+    body = (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        f"<HashMap><error>{reason}</error><message>{message}</message></HashMap>"
+    )
+    return httpx.Response(status, text=body, headers={"Content-Type": "application/xml;charset=UTF-8"})
+
+
+def ehr(
+    ehr_id: str = EHR_ID, status_code: int = 200, *, status_inline: bool = False, subject: str = "p1"
+) -> httpx.Response:
+    """``GET /ehr?subject_id=…``, ``GET /ehr/{id}`` (200) or ``POST /ehr`` with representation (201).
+
+    Args:
+        status_inline: EHRbase 2.16's shape (the whole EHR_STATUS in the body, no ``_type`` on the EHR);
+            otherwise 2.30+'s (a reference to the EHR_STATUS).
+    """
+    status_uid = f"7e1d2c3b-4a59-4687-9a1b-2c3d4e5f6a7b::{SYSTEM_ID}::1"
+    body: dict[str, Any] = {
         "system_id": {"_type": "HIER_OBJECT_ID", "value": SYSTEM_ID},
         "ehr_id": {"_type": "HIER_OBJECT_ID", "value": ehr_id},
-        "ehr_status": {
-            "_type": "OBJECT_REF",
-            "id": {
-                "_type": "OBJECT_VERSION_ID",
-                "value": f"7e1d2c3b-4a59-4687-9a1b-2c3d4e5f6a7b::{SYSTEM_ID}::1",
+    }
+    if status_inline:
+        body["ehr_status"] = {
+            "uid": {"_type": "OBJECT_VERSION_ID", "value": status_uid},
+            "archetype_node_id": "openEHR-EHR-EHR_STATUS.generic.v1",
+            "name": {"_type": "DV_TEXT", "value": "EHR Status"},
+            "subject": {
+                "_type": "PARTY_SELF",
+                "external_ref": {
+                    "_type": "PARTY_REF",
+                    "namespace": "fhir-patient",
+                    "type": "PERSON",
+                    "id": {"_type": "GENERIC_ID", "value": subject, "scheme": "fhir"},
+                },
             },
+            "is_queryable": True,
+            "is_modifiable": True,
+            "_type": "EHR_STATUS",
+        }
+    else:
+        body = {"_type": "EHR", **body}
+        body["ehr_status"] = {
+            "_type": "OBJECT_REF",
+            "id": {"_type": "OBJECT_VERSION_ID", "value": status_uid},
             "namespace": "local",
             "type": "EHR_STATUS",
-        },
-        "time_created": {"_type": "DV_DATE_TIME", "value": "2026-11-22T08:00:00.123+00:00"},
+        }
+    body["time_created"] = {"_type": "DV_DATE_TIME", "value": "2026-11-22T08:00:00.619683Z"}
+    headers = {
+        "ETag": f'"{ehr_id}"',
+        "Location": f"{BASE}/ehr/{ehr_id}",
+        "Last-Modified": "Fri, 02 Jan 1970 10:12:04 GMT",
     }
-    headers = {"ETag": f'"{ehr_id}"', "Location": f"{BASE}/ehr/{ehr_id}"}
     return httpx.Response(status_code, json=body, headers=headers)
 
 
@@ -122,3 +163,21 @@ LETTER_COLUMNS = [
     ("author_id", "c/composer/external_ref/id/value"),
     ("date", "c/context/start_time/value"),
 ]
+
+
+# --- EHRbase's own messages (EHRbase 2.16, as run by `just e2e`) ---------------------------------------
+
+
+def composition_not_found(object_id: str) -> httpx.Response:
+    """A composition read with an id this EHR does not hold (also: one of another EHR)."""
+    return error(404, f"No COMPOSITION with given id: {object_id}")
+
+
+def composition_exists(version_uid: str) -> httpx.Response:
+    """A create whose client-chosen uid EHRbase already holds."""
+    return error(412, f"Provided Id {version_uid} already exists")
+
+
+def template_unknown(template_id: str) -> httpx.Response:
+    """A composition write naming a template that was never uploaded."""
+    return error(422, f"Could not retrieve template for template Id: {template_id}")

@@ -1,4 +1,11 @@
-"""HAPI FHIR R4-shaped payloads for tests (the shapes HAPI JPA 8.x produces; no real person)."""
+"""HAPI FHIR R4-shaped payloads for tests (no real person).
+
+Shapes and diagnostics texts are those of HAPI FHIR JPA 8.8.0 as run by ``just e2e`` (responses captured
+from that server): ``Content-Type: application/fhir+json;charset=UTF-8``, weak ``ETag``, paging links
+``<base>?_getpages=<search id>&_getpagesoffset=<n>&_count=<n>&_bundletype=searchset``, and
+OperationOutcome diagnostics with HAPI's message codes (a stale update is ``HAPI-0550: HAPI-0989: …``, a
+deleted resource has no code).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from typing import Any
 import httpx
 
 BASE = "http://fhir.test/fhir"
-FHIR_JSON = "application/fhir+json;charset=utf-8"
+FHIR_JSON = "application/fhir+json;charset=UTF-8"
 LAST_MODIFIED = "Mon, 10 Mar 2025 09:40:12 GMT"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 VALID_NHS_NUMBER = "9434765919"
@@ -63,7 +70,7 @@ def searchset(
             {
                 "relation": "next",
                 "url": f"{base}?_getpages={search_id}&_getpagesoffset={next_offset}&_count={count}"
-                "&_pretty=true&_bundletype=searchset",
+                "&_bundletype=searchset",
             }
         )
     body: dict[str, Any] = {
@@ -99,20 +106,26 @@ def not_found(pid: str = "9999") -> httpx.Response:
 
 
 def gone() -> httpx.Response:
-    return outcome(410, "HAPI-0971: Resource was deleted at 2025-03-10T10:02:44.118+00:00")
+    return outcome(410, "Resource was deleted at 2025-03-10T10:02:44.118+00:00")
+
+
+def search_expired(search_id: str = "5e9d3c1a-7b2f-4c8e-9a6d-0f1e2d3c4b5a") -> httpx.Response:
+    """A ``_getpages`` request for a search HAPI no longer holds."""
+    return outcome(410, f'HAPI-0417: Search ID "{search_id}" does not exist and may have expired')
 
 
 def version_conflict(pid: str = "1001", version: str = "1") -> httpx.Response:
     return outcome(
         409,
-        f"HAPI-0989: Trying to update Patient/{pid}/_history/{version} but this is not the current version",
+        f"HAPI-0550: HAPI-0989: Trying to update Patient/{pid}/_history/{version} "
+        "but this is not the current version",
     )
 
 
 def multiple_matches() -> httpx.Response:
     return outcome(
         412,
-        "HAPI-0958: Failed to CREATE resource with match URL "
+        "HAPI-0958: Failed to CREATE Patient with match URL "
         '"identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919" '
         "because this search matched 2 resources",
     )

@@ -1,7 +1,9 @@
 """EHRbase answers as the project's errors: status mapping, error bodies, ETag values.
 
-EHRbase error bodies are ``{"error": <HTTP reason phrase>, "message": <text>}``; they are carried into the
-problem's ``upstream_issues`` (``code`` = reason, ``diagnostics`` = message).
+EHRbase error bodies are ``{"error": <HTTP reason phrase>, "message": <text>}``, or the same two fields as
+XML (``<HashMap><error>…</error><message>…</message></HashMap>``) when the request accepted XML, as the
+template endpoints do; they are carried into the problem's ``upstream_issues`` (``code`` = reason,
+``diagnostics`` = message).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 
 import httpx
+from lxml import etree
 
 from gateway.errors import (
     ApiError,
@@ -33,19 +36,34 @@ class CompositionGone(ApiError):
     status, code, title = 410, "letter_deleted", "Letter deleted"
 
 
-def issues_of(response: httpx.Response) -> list[UpstreamIssue]:
-    """EHRbase's error body as upstream issues (an empty list when the body is not the usual JSON)."""
+def _error_fields(response: httpx.Response) -> tuple[object, object] | None:
+    """``(error, message)`` of an EHRbase error body in JSON or XML; None when it is neither."""
+    if "xml" in response.headers.get("content-type", ""):
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+        try:
+            root = etree.fromstring(response.content, parser)
+        except etree.XMLSyntaxError:
+            return None
+        return root.findtext("error"), root.findtext("message")
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return []
+        return None
     if not isinstance(body, dict):
+        return None
+    return body.get("error"), body.get("message")
+
+
+def issues_of(response: httpx.Response) -> list[UpstreamIssue]:
+    """EHRbase's error body as upstream issues (an empty list when the body is not the usual shape)."""
+    fields = _error_fields(response)
+    if fields is None:
         return []
-    message = body.get("message")
+    error, message = fields
     return [
         UpstreamIssue(
             severity="error",
-            code=str(body.get("error")) if body.get("error") is not None else None,
+            code=str(error) if error is not None else None,
             diagnostics=str(message)[:1000] if message is not None else None,
         )
     ]

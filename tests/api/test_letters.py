@@ -276,9 +276,7 @@ class TestCreate:
     async def test_ehrbase_rejection_is_carried_into_the_problem(self, env: LetterEnv) -> None:
         await cache_ehr(env)
         env.ehrbase.post(f"/ehr/{eb.EHR_ID}/composition").mock(
-            return_value=eb.error(
-                422, "Template with template_id 'gateway.clinical_letter.v1' does not exist"
-            )
+            return_value=eb.template_unknown("gateway.clinical_letter.v1")
         )
         response = await env.client.post(f"/patients/{PATIENT}/letters", json=LETTER)
         assert response.status_code == 422
@@ -288,7 +286,7 @@ class TestCreate:
             {
                 "severity": "error",
                 "code": "Unprocessable Entity",
-                "diagnostics": "Template with template_id 'gateway.clinical_letter.v1' does not exist",
+                "diagnostics": "Could not retrieve template for template Id: gateway.clinical_letter.v1",
             }
         ]
         assert [e.outcome for e in await env.audit("letter.create")] == ["failure"]
@@ -325,7 +323,7 @@ class TestIdempotency:
         def create(request: httpx.Request) -> httpx.Response:
             composition = json.loads(request.content)
             if written:
-                return eb.error(412, f"Provided Id {composition['uid']['value']} already exists")
+                return eb.composition_exists(composition["uid"]["value"])
             written.append(composition)
             return eb.error(500, "An internal error has occurred. Please contact your administrator.")
 
@@ -444,7 +442,7 @@ class TestRead:
         """EHRbase is asked inside this patient's EHR only; the other EHR is never touched."""
         await cache_ehr(env)
         env.ehrbase.get(f"/ehr/{eb.EHR_ID}/composition/{eb.LETTER_UUID}").mock(
-            return_value=eb.error(404, "Couldn't retrieve composition")
+            return_value=eb.composition_not_found(eb.LETTER_UUID)
         )
         response = await env.client.get(f"/patients/{PATIENT}/letters/{eb.LETTER_UUID}")
         assert response.status_code == 404

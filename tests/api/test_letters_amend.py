@@ -111,7 +111,7 @@ class TestAmend:
 
     async def test_amending_a_letter_of_another_patient_is_404(self, env: LetterEnv) -> None:
         await cache_ehr(env)
-        env.ehrbase.get(COMPOSITION_URL).mock(return_value=eb.error(404, "Couldn't retrieve composition"))
+        env.ehrbase.get(COMPOSITION_URL).mock(return_value=eb.composition_not_found(eb.LETTER_UUID))
         update = env.ehrbase.put(COMPOSITION_URL)
         response = await env.client.put(ITEM, json=AMENDED, headers={"If-Match": eb.VERSION_1})
         assert response.status_code == 404

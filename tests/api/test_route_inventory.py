@@ -159,7 +159,7 @@ def _ehrbase_answer(request: httpx.Request) -> httpx.Response:
     if request.method == "POST" and path.endswith("/composition"):
         composition = json.loads(request.content)
         return eb.composition_written(eb.EHR_ID, composition, composition.get("uid", {}).get("value", LETTER))
-    return eb.error(404, "No composition with the given id")
+    return eb.composition_not_found(eb.LETTER_UUID)
 
 
 def _request(env: Env, method: str, path: str, headers: dict[str, str]) -> Any:

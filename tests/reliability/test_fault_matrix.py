@@ -208,7 +208,7 @@ class TestEhrbaseFaults:
             composition = json.loads(request.content)
             uid = composition["uid"]["value"]
             if uid in stored:
-                return eb.error(412, f"Composition with uid {uid} already exists")
+                return eb.composition_exists(uid)
             stored[uid] = composition
             raise httpx.ReadTimeout("the answer was lost")
 

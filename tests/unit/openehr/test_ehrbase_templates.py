@@ -38,7 +38,7 @@ def created() -> httpx.Response:
 
 
 def already_there() -> httpx.Response:
-    return eb.error(409, f"Operational template with this template ID already exists: {TEMPLATE_ID}")
+    return eb.xml_error(409, f"Operational template with this template ID already exists: {TEMPLATE_ID}")
 
 
 @respx.mock
@@ -87,7 +87,7 @@ async def test_a_used_template_that_cannot_be_replaced_reports_ehrbase_message(c
     respx.post(TEMPLATE_URL).mock(return_value=already_there())
     respx.get(f"{TEMPLATE_URL}/{TEMPLATE_ID}").mock(return_value=httpx.Response(200, content=b"<template/>"))
     respx.put(f"{eb.ADMIN}/template/{TEMPLATE_ID}").mock(
-        return_value=eb.error(
+        return_value=eb.xml_error(
             422, f"Cannot update template {TEMPLATE_ID} since it is used by at least one composition"
         )
     )
@@ -98,8 +98,27 @@ async def test_a_used_template_that_cannot_be_replaced_reports_ehrbase_message(c
 
 
 @respx.mock
-async def test_clinical_calls_use_the_user_credentials(client: EhrbaseClient) -> None:
-    route = respx.get(f"{eb.BASE}/ehr").mock(return_value=eb.ehr())
+async def test_an_upload_refused_by_ehrbase_carries_its_xml_error(client: EhrbaseClient) -> None:
+    respx.post(TEMPLATE_URL).mock(return_value=eb.xml_error(400, "Could not parse input template"))
+    with pytest.raises(UnprocessableEntity) as caught:
+        await sync_template(client, load_opt(TEMPLATE_ID))
+    [issue] = caught.value.upstream_issues or []
+    assert (issue.code, issue.diagnostics) == ("Bad Request", "Could not parse input template")
+
+
+@respx.mock
+async def test_a_malformed_xml_error_body_gives_no_issues(client: EhrbaseClient) -> None:
+    broken = httpx.Response(400, text="<HashMap><error>", headers={"Content-Type": "application/xml"})
+    respx.post(TEMPLATE_URL).mock(return_value=broken)
+    with pytest.raises(UnprocessableEntity) as caught:
+        await sync_template(client, load_opt(TEMPLATE_ID))
+    assert caught.value.upstream_issues is None
+
+
+@respx.mock
+@pytest.mark.parametrize("status_inline", [True, False], ids=["ehrbase-2.16", "ehrbase-2.30+"])
+async def test_clinical_calls_use_the_user_credentials(client: EhrbaseClient, status_inline: bool) -> None:
+    route = respx.get(f"{eb.BASE}/ehr").mock(return_value=eb.ehr(status_inline=status_inline))
     found = await client.find_ehr_by_subject("p1", "fhir-patient")
     assert found is not None
     assert found.ehr_id == eb.EHR_ID
@@ -124,7 +143,7 @@ async def test_startup_sync_uploads_when_enabled(
 async def test_startup_sync_failure_does_not_stop_the_gateway(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    respx.post(TEMPLATE_URL).mock(return_value=eb.error(400, "Could not parse input template"))
+    respx.post(TEMPLATE_URL).mock(return_value=eb.xml_error(400, "Could not parse input template"))
     settings = make_settings(auth_db_sqlite_path=tmp_path / "auth.db", ehrbase_sync_templates_on_startup=True)
     async with running_app(settings) as http:
         assert (await http.get("/patients/p1/letters")).status_code == 401

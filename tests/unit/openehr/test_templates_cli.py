@@ -37,7 +37,9 @@ def test_sync_prints_what_it_did(cli_env: None) -> None:
 
 @respx.mock
 def test_sync_failure_shows_ehrbase_message_and_exits_1(cli_env: None) -> None:
-    respx.post(TEMPLATE_URL).mock(return_value=eb.error(400, "Supplied template has nil or empty concept"))
+    respx.post(TEMPLATE_URL).mock(
+        return_value=eb.xml_error(400, "Supplied template has nil or empty concept")
+    )
     result = CliRunner().invoke(app, ["templates", "sync"])
     assert result.exit_code == 1
     assert "Supplied template has nil or empty concept" in result.output
