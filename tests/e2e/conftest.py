@@ -177,6 +177,9 @@ def stack() -> Iterator[Stack]:
     _cli(env, workdir, "db", "upgrade")
     synced = _cli(env, workdir, "templates", "sync")
     print(f"e2e: templates sync: {synced.strip()}")
+    # A second sync must recognise the template EHRbase now holds (EHRbase re-serialises the OPT).
+    again = _cli(env, workdir, "templates", "sync")
+    assert "unchanged" in again, again
     _cli(
         env,
         workdir,

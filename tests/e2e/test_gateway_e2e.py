@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -136,6 +137,7 @@ def test_search_pages_over_many_patients(stack: Stack, rng: random.Random) -> No
             assert response.status_code == 201, response.text
             registered.add(response.json()["id"])
         assert len(registered) == EXTRA_PATIENTS + 1
+        stack.state["others"] = sorted(registered - {stack.state["patient_id"]})
 
         seen: list[str] = []
         sizes: list[int] = []
@@ -347,6 +349,101 @@ def test_ehrbase_holds_one_ehr_and_our_compositions(stack: Stack) -> None:
         assert template_id == "gateway.clinical_letter.v1"
         assert composer == CLINICIAN_NAME
         assert composer_id == stack.clinician["id"]
+
+
+def test_my_patients_resolves_every_link(stack: Stack) -> None:
+    with stack.client(stack.clinician_token) as clinician:
+        mine = clinician.get("/me/patients")
+        assert mine.status_code == 200, mine.text
+    ids = {item["id"] for item in mine.json()["items"]}
+    assert ids == {stack.state["patient_id"], *stack.state["others"]}
+    assert mine.json()["missing"] == []
+
+
+def test_a_letter_of_another_patient_is_not_found(stack: Stack) -> None:
+    other = stack.state["others"][0]
+    with stack.client(stack.clinician_token) as clinician:
+        response = clinician.get(f"/patients/{other}/letters/{stack.state['draft']['id']}")
+    problem(response, 404, "letter_not_found")
+
+
+def test_delete_a_draft(stack: Stack) -> None:
+    other = stack.state["others"][0]
+    url = f"/patients/{other}/letters"
+    with stack.client(stack.clinician_token) as clinician:
+        draft = clinician.post(url, json=letter("To be withdrawn", "draft")).json()
+        final = clinician.post(url, json=letter("Stays", "final")).json()
+        problem(clinician.delete(f"{url}/{draft['id']}"), 428, "if_match_required")
+        deleted = clinician.delete(f"{url}/{draft['id']}", headers={"If-Match": f'"{draft["version_uid"]}"'})
+        assert deleted.status_code == 204, deleted.text
+        problem(clinician.get(f"{url}/{draft['id']}"), 410, "letter_deleted")
+        refused = clinician.delete(f"{url}/{final['id']}", headers={"If-Match": final["version_uid"]})
+        problem(refused, 409, "letter_not_draft")
+        listed = clinician.get(url).json()["items"]
+        assert [item["id"] for item in listed] == [final["id"]]
+
+
+def test_concurrent_first_letters_make_one_ehr(stack: Stack) -> None:
+    patient_id = stack.state["others"][1]
+
+    def write(n: int) -> httpx.Response:
+        with stack.client(stack.clinician_token) as clinician:
+            return clinician.post(f"/patients/{patient_id}/letters", json=letter(f"Parallel {n}", "draft"))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(write, range(6)))
+    assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers if a.status_code != 201]
+    ehrs = stack.ehrbase_aql(
+        "SELECT e/ehr_id/value FROM EHR e WHERE e/ehr_status/subject/external_ref/id/value = $subject",
+        {"subject": patient_id},
+    )
+    assert len(ehrs) == 1, ehrs
+    compositions = stack.ehrbase_aql(
+        "SELECT c/uid/value FROM EHR e CONTAINS COMPOSITION c WHERE e/ehr_id/value = $ehr_id",
+        {"ehr_id": ehrs[0][0]},
+    )
+    assert len(compositions) == 6
+
+
+def test_break_glass_opens_access_and_is_flagged(stack: Stack) -> None:
+    patient_id = stack.state["patient_id"]
+    with stack.client(stack.admin_token) as admin:
+        created = admin.post(
+            "/admin/users",
+            json={
+                "username": f"oncall.{stack.run_id}",
+                "display_name": "Dr On Call",
+                "roles": ["clinician"],
+                "initial_password": CLINICIAN_PASSWORD,
+            },
+        )
+        assert created.status_code == 201, created.text
+    first = token(stack, f"oncall.{stack.run_id}", CLINICIAN_PASSWORD)
+    with stack.client(first) as oncall:
+        changed = oncall.post(
+            "/auth/password",
+            json={"current_password": CLINICIAN_PASSWORD, "new_password": CLINICIAN_NEW_PASSWORD},
+        )
+        assert changed.status_code == 204, changed.text
+    oncall_token = token(stack, f"oncall.{stack.run_id}", CLINICIAN_NEW_PASSWORD)
+    with stack.client(oncall_token) as oncall:
+        problem(oncall.get(f"/patients/{patient_id}"), 403, "no_patient_relationship")
+        opened = oncall.post(
+            f"/patients/{patient_id}/break-glass", json={"reason": "Unconscious in the emergency department"}
+        )
+        assert opened.status_code == 201, opened.text
+        assert oncall.get(f"/patients/{patient_id}").status_code == 200
+        assert oncall.get(f"/patients/{patient_id}/letters").status_code == 200
+    with stack.client(stack.admin_token) as admin:
+        events = admin.get(
+            "/admin/audit", params={"patient": patient_id, "user": created.json()["user"]["id"]}
+        ).json()["items"]
+    flagged = {(e["action"], e["outcome"]) for e in events if e["break_glass"]}
+    assert {
+        ("break_glass.open", "success"),
+        ("patient.read", "success"),
+        ("letter.list", "success"),
+    } <= flagged
 
 
 def test_audit_trail_records_every_access(stack: Stack) -> None:
