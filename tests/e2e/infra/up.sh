@@ -112,42 +112,35 @@ EOF
 }
 
 pg_setup_databases() {
-    # EHRbase's documented database set-up, re-runnable: an owner role that Flyway migrates with, a restricted
-    # runtime role, schemas ehr and ext, uuid-ossp in ext, ISO 8601 intervals.
-    # Flyway (run by EHRbase at start-up as the admin role) creates the tables.
+    # HAPI and the gateway: a role and (HAPI) a database each. Re-runnable.
     e2e_psql postgres \
-        -v db="$E2E_EHRBASE_DB_NAME" \
-        -v admin="$E2E_EHRBASE_DB_ADMIN_USER" -v admin_password="$E2E_EHRBASE_DB_ADMIN_PASSWORD" \
-        -v restricted="$E2E_EHRBASE_DB_USER" -v restricted_password="$E2E_EHRBASE_DB_PASSWORD" \
         -v hdb="$E2E_HAPI_DB_NAME" -v huser="$E2E_HAPI_DB_USER" -v hpassword="$E2E_HAPI_DB_PASSWORD" \
         -v guser="$E2E_GATEWAY_DB_USER" -v gpassword="$E2E_GATEWAY_DB_PASSWORD" <<'SQL'
-SELECT format('CREATE ROLE %I WITH LOGIN', :'admin') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'admin') \gexec
-SELECT format('CREATE ROLE %I WITH LOGIN', :'restricted') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'restricted') \gexec
 SELECT format('CREATE ROLE %I WITH LOGIN', :'huser') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'huser') \gexec
-ALTER ROLE :"admin" WITH LOGIN PASSWORD :'admin_password';
-ALTER ROLE :"restricted" WITH LOGIN PASSWORD :'restricted_password';
 ALTER ROLE :"huser" WITH LOGIN PASSWORD :'hpassword';
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0', :'hdb', :'huser', 'UTF-8') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'hdb') \gexec
 SELECT format('CREATE ROLE %I WITH LOGIN CREATEDB', :'guser') WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'guser') \gexec
 ALTER ROLE :"guser" WITH LOGIN CREATEDB PASSWORD :'gpassword';
-SELECT format('CREATE DATABASE %I ENCODING %L LOCALE %L TEMPLATE template0', :'db', 'UTF-8', 'C') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
-GRANT ALL PRIVILEGES ON DATABASE :"db" TO :"admin";
-GRANT ALL PRIVILEGES ON DATABASE :"db" TO :"restricted";
-SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0', :'hdb', :'huser', 'UTF-8') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'hdb') \gexec
 SQL
-    e2e_psql "$E2E_EHRBASE_DB_NAME" \
-        -v db="$E2E_EHRBASE_DB_NAME" -v admin="$E2E_EHRBASE_DB_ADMIN_USER" -v restricted="$E2E_EHRBASE_DB_USER" <<'SQL'
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-CREATE SCHEMA IF NOT EXISTS ehr AUTHORIZATION :"admin";
-GRANT USAGE ON SCHEMA ehr TO :"restricted";
-ALTER DEFAULT PRIVILEGES FOR USER :"admin" IN SCHEMA ehr GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"restricted";
-ALTER DEFAULT PRIVILEGES FOR USER :"admin" IN SCHEMA ehr GRANT SELECT ON SEQUENCES TO :"restricted";
-CREATE SCHEMA IF NOT EXISTS ext AUTHORIZATION :"admin";
-GRANT USAGE ON SCHEMA ext TO :"restricted";
-CREATE EXTENSION IF NOT EXISTS "uuid-ossp" SCHEMA ext;
-ALTER DATABASE :"db" SET search_path TO ext;
-ALTER DATABASE :"db" SET intervalstyle = 'iso_8601';
-ALTER FUNCTION jsonb_path_query(jsonb, jsonpath, jsonb, boolean) ROWS 1;
+    # EHRbase: the very script compose.dev.yml gives its postgres-ehrbase service, so the e2e run proves it
+    # (read on standard input: the postgres OS user may not be able to read a private checkout).
+    # Like the postgres image, run it once, when the database does not exist yet: it creates an owner role
+    # that EHRbase's Flyway migrates with, a restricted role the server runs as, the `ehr` and `ext` schemas
+    # and uuid-ossp (EHRbase's documented set-up).
+    local exists
+    exists="$(e2e_psql postgres -tA -v db="$E2E_EHRBASE_DB_NAME" <<'SQL'
+SELECT count(*) FROM pg_database WHERE datname = :'db';
 SQL
+)"
+    if [ "$exists" = 0 ]; then
+        e2e_log "postgres: creating the EHRbase database with docker/postgres-ehrbase/01-ehrbase.sh"
+        e2e_as_pg env PGHOST="$E2E_PG_SOCKET_DIR" PGPORT="$E2E_PG_PORT" POSTGRES_USER=postgres \
+            EHRBASE_DB_NAME="$E2E_EHRBASE_DB_NAME" \
+            EHRBASE_DB_ADMIN_USER="$E2E_EHRBASE_DB_ADMIN_USER" EHRBASE_DB_ADMIN_PASSWORD="$E2E_EHRBASE_DB_ADMIN_PASSWORD" \
+            EHRBASE_DB_USER="$E2E_EHRBASE_DB_USER" EHRBASE_DB_PASSWORD="$E2E_EHRBASE_DB_PASSWORD" \
+            PATH="$E2E_PG_BIN:$PATH" sh -s < "$E2E_REPO_ROOT/docker/postgres-ehrbase/01-ehrbase.sh" >/dev/null \
+            || die "the EHRbase database set-up failed"
+    fi
     e2e_log "postgres: databases '$E2E_EHRBASE_DB_NAME' and '$E2E_HAPI_DB_NAME' ready"
 }
 
