@@ -12,6 +12,7 @@ composition writes answer 201 + body with ``Prefer: return=representation`` (els
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -109,10 +110,25 @@ def subject_in_use(patient_id: str, namespace: str) -> httpx.Response:
     )
 
 
+def ehrbase_datetime(value: str) -> str:
+    """A date-time as EHRbase 2.16 writes it back: UTC as ``Z``, no trailing zeros in the fraction."""
+    moment = datetime.fromisoformat(value).astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
 def stored(composition: dict[str, Any], version_uid: str) -> dict[str, Any]:
-    """A composition as EHRbase returns it: the submitted one with its ``uid``."""
+    """A composition as EHRbase returns it: the submitted one with its ``uid``, times normalised.
+
+    Seen end to end: EHRbase keeps every other node of our canonical JSON as sent.
+    """
     body = copy.deepcopy(composition)
     body["uid"] = {"_type": "OBJECT_VERSION_ID", "value": version_uid}
+    start = body.get("context", {}).get("start_time")
+    if isinstance(start, dict) and isinstance(start.get("value"), str):
+        start["value"] = ehrbase_datetime(start["value"])
     return body
 
 
