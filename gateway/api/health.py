@@ -82,7 +82,7 @@ async def probe_all(state: object, settings: Settings) -> dict[str, CheckResult]
         return await probe_database(engine, timeout) if engine is not None else missing
 
     async def fhir() -> CheckResult:
-        parts = client_parts(getattr(state, "fhir", None), "_auth")
+        parts = client_parts(getattr(state, "fhir", None), "auth")
         if parts is None:
             return missing
         return await probe_http(

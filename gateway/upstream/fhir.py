@@ -121,7 +121,7 @@ class FhirClient:
     ) -> None:
         self.base = settings.fhir_base
         self._split = urlsplit(self.base)
-        self._auth = _auth(settings)
+        self.auth = _auth(settings)  # the service credentials (also used by the readiness probe)
         self.upstream = Upstream(
             name="fhir",
             display_name=STORE,
@@ -147,7 +147,7 @@ class FhirClient:
             f"{self.base}/Patient/{patient_id}",
             idempotent=True,
             operation="patient.read",
-            auth=self._auth,
+            auth=self.auth,
         )
         self._raise_for_status(response, "patient.read")
         return self._resource(response, "Patient")
@@ -155,7 +155,7 @@ class FhirClient:
     async def metadata(self) -> httpx.Response:
         """``GET /metadata`` (the readiness probe), returned as is."""
         return await self.upstream.request(
-            "GET", f"{self.base}/metadata", idempotent=True, operation="metadata", auth=self._auth
+            "GET", f"{self.base}/metadata", idempotent=True, operation="metadata", auth=self.auth
         )
 
     async def search_patients(self, params: list[tuple[str, str]], count: int) -> SearchPage:
@@ -167,7 +167,7 @@ class FhirClient:
             idempotent=True,
             operation="patient.search",
             params=httpx.QueryParams(tuple(query)),
-            auth=self._auth,
+            auth=self.auth,
         )
         self._raise_for_status(response, "patient.search")
         return self._page(response)
@@ -183,7 +183,7 @@ class FhirClient:
             }
         )
         response = await self.upstream.request(
-            "GET", self.base, idempotent=True, operation="patient.search_page", params=params, auth=self._auth
+            "GET", self.base, idempotent=True, operation="patient.search_page", params=params, auth=self.auth
         )
         if response.status_code == 410:
             raise Gone(
@@ -217,7 +217,7 @@ class FhirClient:
                 "Prefer": "return=representation",
             },
             json=resource,
-            auth=self._auth,
+            auth=self.auth,
         )
         if response.status_code == 412:
             raise Conflict(
@@ -243,7 +243,7 @@ class FhirClient:
                 "Prefer": "return=representation",
             },
             json=resource,
-            auth=self._auth,
+            auth=self.auth,
         )
         if response.status_code in (409, 412):
             current = await self._current_version(patient_id)
