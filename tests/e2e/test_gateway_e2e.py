@@ -159,6 +159,7 @@ def test_search_pages_over_many_patients(stack: Stack, rng: random.Random) -> No
         by_name = clinician.get("/patients", params={"name": f"Etoe{stack.run_id}", "count": 50})
         assert by_name.status_code == 200
         assert {item["id"] for item in by_name.json()["items"]} == registered
+        assert by_name.json()["total"] == EXTRA_PATIENTS + 1  # one page: HAPI counts the matches
 
         by_given = clinician.get("/patients", params={"family": f"Etoe{stack.run_id}", "given": "Primary"})
         assert [item["id"] for item in by_given.json()["items"]] == [stack.state["patient_id"]]
