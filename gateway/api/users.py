@@ -6,9 +6,12 @@ Every change is audited (``admin.*`` actions). See ``docs/admin-guide.md``.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.types import utcnow
 from gateway.api.account_schemas import (
@@ -23,7 +26,7 @@ from gateway.api.account_schemas import (
     UserPublic,
     UserUpdate,
 )
-from gateway.audit import Actor, Outcome
+from gateway.audit import Actor, AuditLog, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import ApiError, problem_responses
 from gateway.security import throttle
@@ -41,6 +44,52 @@ ERRORS = problem_responses(401, 403, 404, 422)
 
 def _actor(principal: Principal) -> Actor:
     return Actor(principal.user_id, principal.username)
+
+
+def _stage_success(
+    audit: AuditLog,
+    session: AsyncSession,
+    admin: Principal,
+    action: str,
+    user_id: uuid.UUID,
+    details: dict[str, object] | None = None,
+) -> None:
+    """Record a successful change to an account in the request's transaction."""
+    audit.stage(
+        session,
+        action=action,
+        outcome=Outcome.success,
+        actor=_actor(admin),
+        target_type="user",
+        target_id=str(user_id),
+        details=details,
+    )
+
+
+@asynccontextmanager
+async def _refusal_audited(
+    audit: AuditLog,
+    admin: Principal,
+    action: str,
+    user_id: uuid.UUID,
+    *,
+    reason: str | None = None,
+    details: dict[str, object] | None = None,
+) -> AsyncIterator[None]:
+    """Record a ``denied`` event (in its own transaction) when the checks inside refuse the change."""
+    try:
+        yield
+    except ApiError:
+        await audit.record(
+            action=action,
+            outcome=Outcome.denied,
+            actor=_actor(admin),
+            target_type="user",
+            target_id=str(user_id),
+            reason=reason,
+            details=details,
+        )
+        raise
 
 
 @router.post(
@@ -126,20 +175,12 @@ async def update_user(
     details: dict[str, object] = {"fields": sorted(body.model_fields_set)}
     if body.roles is not None and set(body.roles) != set(roles):
         new_roles = frozenset(body.roles)
-        try:
+        async with _refusal_audited(
+            audit, admin, "admin.user_update", user_id, details={"roles": sorted(new_roles)}
+        ):
             accounts.check_grantable(admin, new_roles - roles)
             if Role.admin in roles and Role.admin not in new_roles:
                 await accounts.ensure_not_last_admin(session, user_id)
-        except ApiError:
-            await audit.record(
-                action="admin.user_update",
-                outcome=Outcome.denied,
-                actor=_actor(admin),
-                target_type="user",
-                target_id=str(user_id),
-                details={"roles": sorted(new_roles)},
-            )
-            raise
         await accounts.set_roles(session, user_id, new_roles)
         details["roles"] = {"from": sorted(roles), "to": sorted(new_roles)}
         roles = new_roles
@@ -151,15 +192,7 @@ async def update_user(
     user.updated_at = utcnow()
     session.add(user)
     await session.flush()
-    audit.stage(
-        session,
-        action="admin.user_update",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-        details=details,
-    )
+    _stage_success(audit, session, admin, "admin.user_update", user_id, details)
     return accounts.public(user, roles)
 
 
@@ -169,31 +202,15 @@ async def disable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, au
     user = await accounts.get_user(session, user_id)
     roles = await accounts.roles_of(session, user_id)
     if Role.admin in roles and user.is_active:
-        try:
+        async with _refusal_audited(
+            audit, admin, "admin.user_disable", user_id, reason="last active administrator"
+        ):
             await accounts.ensure_not_last_admin(session, user_id)
-        except ApiError:
-            await audit.record(
-                action="admin.user_disable",
-                outcome=Outcome.denied,
-                actor=_actor(admin),
-                target_type="user",
-                target_id=str(user_id),
-                reason="last active administrator",
-            )
-            raise
     user.is_active = False
     user.updated_at = utcnow()
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="account_disabled", now=utcnow())
-    audit.stage(
-        session,
-        action="admin.user_disable",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-        details={"sessions_ended": ended},
-    )
+    _stage_success(audit, session, admin, "admin.user_disable", user_id, {"sessions_ended": ended})
     return accounts.public(user, roles)
 
 
@@ -204,14 +221,7 @@ async def enable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     user.is_active = True
     user.updated_at = utcnow()
     session.add(user)
-    audit.stage(
-        session,
-        action="admin.user_enable",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-    )
+    _stage_success(audit, session, admin, "admin.user_enable", user_id)
     return accounts.public(user, await accounts.roles_of(session, user_id))
 
 
@@ -226,18 +236,8 @@ async def reset_password(
 ) -> PasswordResetResult:
     """Set a temporary password (to be changed at next login) and end all sessions."""
     user = await accounts.get_user(session, user_id)
-    try:
+    async with _refusal_audited(audit, admin, "admin.password_reset", user_id, reason="role escalation"):
         accounts.check_takeover(admin, await accounts.roles_of(session, user_id))
-    except ApiError:
-        await audit.record(
-            action="admin.password_reset",
-            outcome=Outcome.denied,
-            actor=_actor(admin),
-            target_type="user",
-            target_id=str(user_id),
-            reason="role escalation",
-        )
-        raise
     temporary = None
     if body.new_password is None:
         temporary = generate_password()
@@ -249,15 +249,7 @@ async def reset_password(
     user.password_changed_at = user.updated_at = now
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="password_reset", now=now)
-    audit.stage(
-        session,
-        action="admin.password_reset",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-        details={"sessions_ended": ended},
-    )
+    _stage_success(audit, session, admin, "admin.password_reset", user_id, {"sessions_ended": ended})
     return PasswordResetResult(temporary_password=temporary, sessions_ended=ended)
 
 
@@ -266,29 +258,11 @@ async def reset_totp(user_id: uuid.UUID, admin: Admin, session: SessionDep, audi
     """Switch off two-factor authentication of an account that lost its device; ends its sessions."""
     user = await accounts.get_user(session, user_id)
     roles = await accounts.roles_of(session, user_id)
-    try:
+    async with _refusal_audited(audit, admin, "admin.totp_reset", user_id, reason="role escalation"):
         accounts.check_takeover(admin, roles)
-    except ApiError:
-        await audit.record(
-            action="admin.totp_reset",
-            outcome=Outcome.denied,
-            actor=_actor(admin),
-            target_type="user",
-            target_id=str(user_id),
-            reason="role escalation",
-        )
-        raise
     await clear_totp(session, user)
     ended = await revoke_user_sessions(session, user_id, reason="totp_reset", now=utcnow())
-    audit.stage(
-        session,
-        action="admin.totp_reset",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-        details={"sessions_ended": ended},
-    )
+    _stage_success(audit, session, admin, "admin.totp_reset", user_id, {"sessions_ended": ended})
     return accounts.public(user, roles)
 
 
@@ -297,14 +271,7 @@ async def unlock_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     """Lift a login lockout of the account now (address lockouts still expire by themselves)."""
     user = await accounts.get_user(session, user_id)
     await throttle.reset(session, throttle.account_key(user.username))
-    audit.stage(
-        session,
-        action="admin.user_unlock",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-    )
+    _stage_success(audit, session, admin, "admin.user_unlock", user_id)
     return accounts.public(user, await accounts.roles_of(session, user_id))
 
 
@@ -322,13 +289,5 @@ async def end_sessions(
     """End every session of an account at once (its access tokens stop working immediately)."""
     await accounts.get_user(session, user_id)
     ended = await revoke_user_sessions(session, user_id, reason="ended_by_admin", now=utcnow())
-    audit.stage(
-        session,
-        action="admin.sessions_end",
-        outcome=Outcome.success,
-        actor=_actor(admin),
-        target_type="user",
-        target_id=str(user_id),
-        details={"sessions_ended": ended},
-    )
+    _stage_success(audit, session, admin, "admin.sessions_end", user_id, {"sessions_ended": ended})
     return SessionsEnded(sessions_ended=ended)

@@ -181,6 +181,17 @@ class TestLastAdmin:
         )
         assert demote.status_code == 409
         assert demote.json()["code"] == "last_admin"
+        async with session_factory() as session:
+            denied = (
+                await session.exec(
+                    select(AuditEvent).where(AuditEvent.outcome == "denied").order_by(col(AuditEvent.id))
+                )
+            ).all()
+        assert [(e.action, e.target_id, e.reason) for e in denied] == [
+            ("admin.user_disable", me["id"], "last active administrator"),
+            ("admin.user_update", me["id"], None),
+        ]
+        assert denied[1].details == {"roles": ["clinician"]}
 
     async def test_with_a_second_admin_one_can_be_disabled_but_not_both(
         self, client: httpx.AsyncClient, session_factory: SessionFactory
@@ -284,6 +295,9 @@ class TestResetPassword:
         assert response.json()["code"] == "role_escalation"
         totp = await client.post(f"/admin/users/{doctor.id}/totp/reset", headers=headers)
         assert totp.json()["code"] == "role_escalation"
+        actions = await audit_actions(session_factory)
+        assert {("admin.password_reset", "denied"), ("admin.totp_reset", "denied")} <= set(actions)
+        assert ("admin.password_reset", "success") not in actions
 
 
 class TestList:
