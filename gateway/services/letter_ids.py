@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.errors import PreconditionRequired, UnprocessableEntity
+from gateway.errors import PreconditionFailed, PreconditionRequired, UnprocessableEntity, UpstreamIssue
 from gateway.upstream.ehrbase import strip_etag
 
 UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -52,3 +52,15 @@ def if_match_version(value: str | None) -> str:
             code="invalid_if_match",
         )
     return version
+
+
+def stale_version(
+    *, current_version: str | None = None, upstream_issues: list[UpstreamIssue] | None = None
+) -> PreconditionFailed:
+    """412 ``stale_version``: the letter changed since the client read it (``current_version`` if known)."""
+    return PreconditionFailed(
+        "The letter changed since you read it; reload it and retry.",
+        code="stale_version",
+        current_version=current_version,
+        upstream_issues=upstream_issues,
+    )

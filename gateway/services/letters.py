@@ -40,7 +40,7 @@ from gateway.services import ehr as ehr_service
 from gateway.services import idempotency
 from gateway.services.ehr import PatientReader
 from gateway.services.letter_cursor import CursorCodec
-from gateway.services.letter_ids import if_match_version, parse_letter_id
+from gateway.services.letter_ids import if_match_version, parse_letter_id, stale_version
 from gateway.settings import Settings
 from gateway.upstream.ehrbase import EhrbaseClient
 
@@ -285,6 +285,15 @@ class LetterService:
         return stored
 
     # --- amend / delete -------------------------------------------------------------------------
+    async def _current(self, ehr_id: str | None, object_id: str, expected: str) -> StoredLetter:
+        """The letter's latest version, which must be the one the client names in ``If-Match``."""
+        if ehr_id is None:
+            raise NotFound("No such letter for this patient.", code="letter_not_found")
+        current = await self._read(ehr_id, object_id)
+        if current.version_uid != expected:
+            raise stale_version(current_version=current.version_uid)
+        return current
+
     async def amend(
         self,
         access: PatientAccess,
@@ -300,15 +309,7 @@ class LetterService:
         ehr_id: str | None = None
         try:
             ehr_id = await self._ehr_id(access)
-            if ehr_id is None:
-                raise NotFound("No such letter for this patient.", code="letter_not_found")
-            current = await self._read(ehr_id, object_id)
-            if current.version_uid != expected:
-                raise PreconditionFailed(
-                    "The letter changed since you read it; reload it and retry.",
-                    code="stale_version",
-                    current_version=current.version_uid,
-                )
+            current = await self._current(ehr_id, object_id, expected)
             if current.letter.status == "final" and content.status == "draft":
                 raise UnprocessableEntity(
                     "A final letter cannot become a draft again; amend it as final.",
@@ -320,11 +321,13 @@ class LetterService:
                 )
             composition = self._composition(access, content)
             written = await self.ehrbase.update_composition(
-                ehr_id, object_id, if_match=expected, composition=composition
+                current.ehr_id, object_id, if_match=expected, composition=composition
             )
         except PreconditionFailed as error:
             if error.code == "precondition_failed":
-                error = replace_code(error, "stale_version")
+                error = stale_version(
+                    current_version=error.current_version, upstream_issues=error.upstream_issues
+                )
             await self._failed(
                 access, "letter.amend", error, ehr_id=ehr_id, resource_ids=[expected], reason=reason
             )
@@ -337,17 +340,19 @@ class LetterService:
         letter = (
             _parse_written(written.body, written.version_uid)
             if written.body is not None
-            else (await self._read(ehr_id, written.version_uid)).letter
+            else (await self._read(current.ehr_id, written.version_uid)).letter
         )
         await self._record(
             access,
             "letter.amend",
             Outcome.success,
-            ehr_id=ehr_id,
+            ehr_id=current.ehr_id,
             resource_ids=[written.version_uid, expected],
             reason=reason,
         )
-        return StoredLetter(replace(letter, uid=written.version_uid), object_id, written.version_uid, ehr_id)
+        return StoredLetter(
+            replace(letter, uid=written.version_uid), object_id, written.version_uid, current.ehr_id
+        )
 
     async def delete(self, access: PatientAccess, letter_id: str, *, if_match: str | None) -> None:
         """Delete a draft letter (final letters are amended, never deleted)."""
@@ -356,36 +361,17 @@ class LetterService:
         ehr_id: str | None = None
         try:
             ehr_id = await self._ehr_id(access)
-            if ehr_id is None:
-                raise NotFound("No such letter for this patient.", code="letter_not_found")
-            current = await self._read(ehr_id, object_id)
-            if current.version_uid != expected:
-                raise PreconditionFailed(
-                    "The letter changed since you read it; reload it and retry.",
-                    code="stale_version",
-                    current_version=current.version_uid,
-                )
+            current = await self._current(ehr_id, object_id, expected)
             if current.letter.status != "draft":
                 raise Conflict("Only draft letters can be deleted.", code="letter_not_draft")
             try:
-                await self.ehrbase.delete_composition(ehr_id, expected)
+                await self.ehrbase.delete_composition(current.ehr_id, expected)
             except Conflict as stale:  # EHRbase answers a stale delete with 409
-                raise PreconditionFailed(
-                    "The letter changed since you read it; reload it and retry.",
-                    code="stale_version",
-                    upstream_issues=stale.upstream_issues,
-                ) from None
+                raise stale_version(upstream_issues=stale.upstream_issues) from None
         except ApiError as error:
             await self._failed(access, "letter.delete", error, ehr_id=ehr_id, resource_ids=[expected])
             raise
         await self._record(access, "letter.delete", Outcome.success, ehr_id=ehr_id, resource_ids=[expected])
-
-
-def replace_code(error: PreconditionFailed, code: str) -> PreconditionFailed:
-    """The same 412 with a more precise code."""
-    return PreconditionFailed(
-        error.detail, code=code, upstream_issues=error.upstream_issues, current_version=error.current_version
-    )
 
 
 def _content_fingerprint(content: LetterContent) -> dict[str, Any]:
