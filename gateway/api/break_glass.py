@@ -14,11 +14,11 @@ from auth_db.types import utcnow
 from gateway.api.access_schemas import BreakGlassGrantOut, BreakGlassPage, BreakGlassRequest
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
-from gateway.errors import UnprocessableEntity, problem_responses
+from gateway.errors import problem_responses
 from gateway.security.access import FHIR_ID_PATTERN, PatientIdPath
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal
-from gateway.services.cursors import SignedCursor
+from gateway.services.cursors import SignedCursor, newest_first_by_id
 from gateway.system_settings import get_system_setting
 from gateway.upstream.fhir import FhirDep
 
@@ -111,19 +111,16 @@ async def list_break_glass(
         statement = statement.where(col(BreakGlassGrant.user_id) == user)
     if patient is not None:
         statement = statement.where(col(BreakGlassGrant.patient_id) == patient)
-    if cursor is not None:
-        after = codec.decode(cursor, bound_to=str(admin.user_id)).get("i")
-        if not isinstance(after, int):
-            raise UnprocessableEntity("The cursor is not valid.", code="invalid_cursor")
-        statement = statement.where(col(BreakGlassGrant.id) < after)
-    async with factory() as session:
-        rows = list(await session.exec(statement.order_by(col(BreakGlassGrant.id).desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = await newest_first_by_id(
+        factory,
+        statement,
+        col(BreakGlassGrant.id),
+        codec=codec,
+        cursor=cursor,
+        bound_to=str(admin.user_id),
+        limit=limit,
+    )
     await audit.record(
         action="break_glass.list", outcome=Outcome.success, actor=Actor(admin.user_id, admin.username)
     )
-    return BreakGlassPage(
-        items=[_out(row) for row in rows],
-        next=codec.encode({"i": rows[-1].id}, bound_to=str(admin.user_id)) if more and rows else None,
-    )
+    return BreakGlassPage(items=[_out(row) for row in rows], next=next_cursor)

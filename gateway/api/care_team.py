@@ -13,11 +13,11 @@ from auth_db.types import utcnow
 from gateway.api.access_schemas import CareTeamGrant, CareTeamLinkOut, CareTeamPage, MyPatients
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
-from gateway.errors import NotFound, UnprocessableEntity, problem_responses
+from gateway.errors import NotFound, problem_responses
 from gateway.security.access import FHIR_ID_PATTERN, grant_care_team
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal
-from gateway.services.cursors import SignedCursor
+from gateway.services.cursors import SignedCursor, newest_first_by_id
 from gateway.services.patients import summary
 from gateway.upstream.fhir import FhirDep
 
@@ -110,16 +110,15 @@ async def list_links(
         statement = statement.where(col(CareTeamLink.patient_id) == patient)
     if active:
         statement = statement.where(col(CareTeamLink.revoked_at).is_(None))
-    if cursor is not None:
-        after = codec.decode(cursor, bound_to=str(admin.user_id)).get("i")
-        if not isinstance(after, int):
-            raise UnprocessableEntity("The cursor is not valid.", code="invalid_cursor")
-        statement = statement.where(col(CareTeamLink.id) < after)
-    async with factory() as session:
-        rows = list(await session.exec(statement.order_by(col(CareTeamLink.id).desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = codec.encode({"i": rows[-1].id}, bound_to=str(admin.user_id)) if more and rows else None
+    rows, next_cursor = await newest_first_by_id(
+        factory,
+        statement,
+        col(CareTeamLink.id),
+        codec=codec,
+        cursor=cursor,
+        bound_to=str(admin.user_id),
+        limit=limit,
+    )
     return CareTeamPage(items=[_out(row) for row in rows], next=next_cursor)
 
 

@@ -13,13 +13,24 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from sqlmodel.sql.expression import SelectOfScalar
+
+from auth_db.engine import SessionFactory
 from gateway.errors import UnprocessableEntity
 from gateway.security.keys import derive_key
 from gateway.settings import Settings
 
 DEFAULT_TTL_SECONDS = 3600
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+Row = TypeVar("Row", bound=_HasId)
 
 
 def _b64(data: bytes) -> str:
@@ -77,3 +88,34 @@ class SignedCursor:
             raise invalid_cursor()
         data: dict[str, Any] = envelope["d"]
         return data
+
+
+async def newest_first_by_id(
+    factory: SessionFactory,
+    statement: SelectOfScalar[Row],
+    id_column: Any,
+    *,
+    codec: SignedCursor,
+    cursor: str | None,
+    bound_to: str,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """One page of ``statement``'s rows, newest (highest id) first, and the cursor of the next page.
+
+    Keyset paging on an integer primary key: the cursor holds the last id returned, so a page costs
+    the same however deep the client has paged, and rows added meanwhile never shift it.
+
+    Raises:
+        UnprocessableEntity: ``invalid_cursor`` (forged, expired, of another user, or not an id).
+    """
+    if cursor is not None:
+        after = codec.decode(cursor, bound_to=bound_to).get("i")
+        if not isinstance(after, int) or isinstance(after, bool):
+            raise invalid_cursor()
+        statement = statement.where(id_column < after)
+    async with factory() as session:
+        rows = list(await session.exec(statement.order_by(id_column.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = codec.encode({"i": rows[-1].id}, bound_to=bound_to) if more and rows else None
+    return rows, next_cursor

@@ -91,6 +91,26 @@ class TestCareTeam:
         ).json()
         assert len(listing["items"]) == 1
 
+    async def test_listing_pages_newest_first_with_a_signed_cursor(self, env: Env) -> None:
+        ids = [await grant(env, f"p{n}") for n in range(5)]
+        seen: list[int] = []
+        sizes: list[int] = []
+        params: dict[str, Any] = {"limit": 2}
+        while True:
+            page = await env.client.get("/admin/care-team", params=params, headers=env.admin)
+            assert page.status_code == 200, page.text
+            sizes.append(len(page.json()["items"]))
+            seen += [item["id"] for item in page.json()["items"]]
+            if page.json()["next"] is None:
+                break
+            params = {"limit": 2, "cursor": page.json()["next"]}
+        assert sizes == [2, 2, 1]
+        assert seen == sorted(ids, reverse=True)
+        for bad in ("not-a-cursor", params.get("cursor", "x") + "x"):
+            refused = await env.client.get("/admin/care-team", params={"cursor": bad}, headers=env.admin)
+            assert refused.status_code == 422
+            assert refused.json()["code"] == "invalid_cursor"
+
     async def test_unknown_user_is_404(self, env: Env) -> None:
         body = {"user_id": "00000000-0000-4000-8000-000000000000", "patient_id": "1001"}
         response = await env.client.post("/admin/care-team", json=body, headers=env.admin)
@@ -133,6 +153,29 @@ class TestBreakGlass:
             await env.client.get("/admin/break-glass", params={"active": "true"}, headers=env.admin)
         ).json()
         assert [item["patient_id"] for item in listing["items"]] == ["1001"]
+
+    async def test_listing_pages_newest_first(self, env: Env) -> None:
+        async with env.factory() as session:
+            for n in range(3):
+                session.add(
+                    BreakGlassGrant(
+                        user_id=env.clinician_id,
+                        patient_id=f"p{n}",
+                        reason="emergency department",
+                        granted_at=utcnow(),
+                        expires_at=utcnow() + timedelta(hours=1),
+                    )
+                )
+            await session.commit()
+        first = (await env.client.get("/admin/break-glass", params={"limit": 2}, headers=env.admin)).json()
+        assert [item["patient_id"] for item in first["items"]] == ["p2", "p1"]
+        second = (
+            await env.client.get(
+                "/admin/break-glass", params={"limit": 2, "cursor": first["next"]}, headers=env.admin
+            )
+        ).json()
+        assert [item["patient_id"] for item in second["items"]] == ["p0"]
+        assert second["next"] is None
 
     async def test_expired_grant_no_longer_opens_the_record(self, env: Env) -> None:
         env.mock.get("/Patient/1001").mock(return_value=hapi.resource_response(hapi.patient()))
