@@ -131,6 +131,7 @@ def _gateway_env(database_url: str, namespace: str) -> dict[str, str]:
         "READY_CACHE_SECONDS": "0",
         "BREAKER_RESET_SECONDS": "2",
         "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",  # the log file is read while the gateway runs
         # Fast hashing: the suite logs in a handful of times, and hashing is not what it tests.
         "ARGON2_TIME_COST": "1",
         "ARGON2_MEMORY_COST_KIB": "8192",

@@ -7,7 +7,9 @@ EHRbase outage); each one asserts what a user of the gateway would see. State is
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -529,3 +531,38 @@ def test_ehrbase_down_then_back(stack: Stack) -> None:
         assert _poll(lambda: clinician.get("/ready") if clinician.get("/ready").status_code == 200 else None)
         after = clinician.post(letters, json=letter("After outage", "draft"))
         assert after.status_code == 201, after.text
+
+
+def test_metrics_saw_the_outage(stack: Stack) -> None:
+    metrics = httpx.get(f"{stack.gateway_url}/metrics", timeout=30)
+    assert metrics.status_code == 200
+    samples = [
+        (name, dict(label.split("=", 1) for label in labels.split(",")), float(value))
+        for name, labels, value in re.findall(r"^(\w+)\{(.*)\} (\S+)$", metrics.text.replace('"', ""), re.M)
+    ]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(v for n, found, v in samples if n == name and labels.items() <= found.items())
+
+    calls = "gateway_upstream_calls_total"
+    assert total(calls, store="ehrbase", operation="ehrbase.composition.create", outcome="201") >= 6
+    assert total(calls, store="ehrbase", outcome="unreachable") >= 1
+    assert total(calls, store="fhir", outcome="201") >= EXTRA_PATIENTS + 1  # registrations
+    assert total("gateway_upstream_breaker_state", store="ehrbase") == 0  # closed again after recovery
+
+
+def test_no_secret_reached_the_log(stack: Stack) -> None:
+    log = stack.log_path.read_text()
+    assert "letter.create" in log or "/letters" in log  # the log is the one of this run
+    secrets_in_play = {
+        os.environ["E2E_EHRBASE_PASSWORD"],
+        os.environ["E2E_EHRBASE_ADMIN_PASSWORD"],
+        ADMIN_PASSWORD,
+        CLINICIAN_PASSWORD,
+        CLINICIAN_NEW_PASSWORD,
+        stack.admin_token,
+        stack.clinician_token,
+    }
+    leaked = sorted(secret[:4] + "…" for secret in secrets_in_play if secret in log)
+    assert not leaked, f"secrets in {stack.log_path}: {leaked}"
+    assert f"Etoe{stack.run_id}" not in log  # no patient names either
