@@ -122,6 +122,18 @@ def version_conflict(pid: str = "1001", version: str = "1") -> httpx.Response:
     )
 
 
+def search_url_race(nhs: str = VALID_NHS_NUMBER) -> httpx.Response:
+    """A conditional create that lost a race: HAPI 8.8's unique search-URL constraint (abridged)."""
+    return outcome(
+        409,
+        "HAPI-0550: could not execute batch [Batch entry 0 insert into hfj_res_search_url (created_time,"  # noqa: S608 - HAPI's error text, not a query
+        "partition_date,res_id,res_search_url,partition_id) values (('2026-12-02 02:23:55.05+00'),(NULL),"
+        f"('1407'::int8),('Patient?identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C{nhs}'),"
+        "('-1'::int4)) was aborted: ERROR: duplicate key value violates unique constraint "
+        '"hfj_res_search_url_pkey"',
+    )
+
+
 def multiple_matches() -> httpx.Response:
     return outcome(
         412,

@@ -8,6 +8,7 @@ then requests itself. HAPI's OperationOutcome issues are carried into the API's 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,7 +27,7 @@ from gateway.errors import (
     UpstreamIssue,
 )
 from gateway.settings import FhirAuthMode, Settings
-from gateway.upstream.resilience import Upstream, UpstreamObserver
+from gateway.upstream.resilience import CONDITIONAL_CREATE_REPEATS, Upstream, UpstreamObserver
 
 FHIR_JSON = "application/fhir+json"
 STORE = "HAPI FHIR"
@@ -205,20 +206,35 @@ class FhirClient:
     async def create_patient(
         self, resource: dict[str, Any], *, if_none_exist: str
     ) -> tuple[FhirResource, bool]:
-        """Conditional create; returns the resource and whether it was created (False: it existed)."""
-        response = await self.upstream.request(
-            "POST",
-            f"{self.base}/Patient",
-            idempotent=True,  # conditional create: a repeat finds the first one
-            operation="patient.create",
-            headers={
-                "Content-Type": FHIR_JSON,
-                "If-None-Exist": if_none_exist,
-                "Prefer": "return=representation",
-            },
-            json=resource,
-            auth=self.auth,
-        )
+        """Conditional create; returns the resource and whether it was created (False: it existed).
+
+        HAPI answers 409 when a concurrent create of the same match URL commits first (a unique
+        constraint on its search-URL table). The winner's patient then exists, so the conditional create
+        is repeated, which finds it. HAPI's 409 text (SQL, with the identifier in it) is never passed on.
+        """
+        for pause in (*CONDITIONAL_CREATE_REPEATS, None):
+            response = await self.upstream.request(
+                "POST",
+                f"{self.base}/Patient",
+                idempotent=True,  # conditional create: a repeat finds the first one
+                operation="patient.create",
+                headers={
+                    "Content-Type": FHIR_JSON,
+                    "If-None-Exist": if_none_exist,
+                    "Prefer": "return=representation",
+                },
+                json=resource,
+                auth=self.auth,
+            )
+            if response.status_code != 409 or pause is None:
+                break
+            await asyncio.sleep(pause)
+        if response.status_code == 409:
+            raise Conflict(
+                "Another registration of this identifier is in progress on the FHIR server; retry.",
+                code="registration_in_progress",
+                retry_after=1,
+            )
         if response.status_code == 412:
             raise Conflict(
                 "More than one patient already carries this identifier on the FHIR server.",

@@ -58,6 +58,8 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 BREAKER_STATUSES = frozenset({500, 502, 503, 504})
 #: Smallest backoff step, seconds.
 BACKOFF_BASE = 0.05
+#: Pauses before repeating a conditional create that lost a race inside HAPI (409), seconds.
+CONDITIONAL_CREATE_REPEATS = (0.05, 0.25)
 
 
 class BreakerState(StrEnum):

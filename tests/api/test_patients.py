@@ -306,6 +306,26 @@ class TestRegister:
         assert sorted(r.status_code for r in responses) == [200, 200, 200, 200, 201]
         assert peak == 1
 
+    async def test_a_create_that_lost_a_race_in_hapi_is_repeated_and_finds_the_winner(self, env: Env) -> None:
+        create = env.mock.post("/Patient").mock(
+            side_effect=[hapi.search_url_race(), hapi.resource_response(hapi.patient("2001"))]
+        )
+        response = await env.client.post("/patients", json=hapi.new_patient(), headers=env.headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == "2001"
+        assert create.call_count == 2
+        assert all("If-None-Exist" in call.request.headers for call in create.calls)
+
+    async def test_a_race_that_persists_is_409_without_hapi_sql(self, env: Env) -> None:
+        create = env.mock.post("/Patient").mock(return_value=hapi.search_url_race())
+        response = await env.client.post("/patients", json=hapi.new_patient(), headers=env.headers)
+        assert response.status_code == 409
+        assert response.json()["code"] == "registration_in_progress"
+        assert response.headers["retry-after"] == "1"
+        assert hapi.VALID_NHS_NUMBER not in response.text
+        assert "hfj_res_search_url" not in response.text
+        assert create.call_count == 3
+
     async def test_multiple_matches_is_409(self, env: Env) -> None:
         env.mock.post("/Patient").mock(return_value=hapi.multiple_matches())
         response = await env.client.post("/patients", json=hapi.new_patient(), headers=env.headers)

@@ -131,6 +131,23 @@ def test_register_patient_is_conditional(stack: Stack, rng: random.Random) -> No
     stack.state.update(patient_id=patient["id"], nhs=nhs)
 
 
+def test_concurrent_identical_registrations_make_one_patient(stack: Stack, rng: random.Random) -> None:
+    nhs = nhs_number(rng)
+    body = {**patient_body(stack, nhs, "Racer"), "name": [{"family": f"Race{stack.run_id}"}]}
+
+    def register(_: int) -> httpx.Response:
+        with stack.client(stack.clinician_token) as clinician:
+            return clinician.post("/patients", json=body)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(register, range(6)))
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201], [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    stack.state["racer"] = answers[0].json()["id"]
+    bundle = httpx.get(f"{stack.fhir_url}/Patient", params={"identifier": f"{NHS}|{nhs}"}, timeout=30).json()
+    assert len(bundle.get("entry", [])) == 1, bundle
+
+
 def test_search_pages_over_many_patients(stack: Stack, rng: random.Random) -> None:
     registered = {stack.state["patient_id"]}
     with stack.client(stack.clinician_token) as clinician:
@@ -359,7 +376,7 @@ def test_my_patients_resolves_every_link(stack: Stack) -> None:
         mine = clinician.get("/me/patients")
         assert mine.status_code == 200, mine.text
     ids = {item["id"] for item in mine.json()["items"]}
-    assert ids == {stack.state["patient_id"], *stack.state["others"]}
+    assert ids == {stack.state["patient_id"], stack.state["racer"], *stack.state["others"]}
     assert mine.json()["missing"] == []
 
 
