@@ -9,9 +9,10 @@ addresses as ``E2E_*`` variables; this module then
   there are no default accounts),
 - starts ``gateway serve`` on a free loopback port and hands the tests an HTTP client for it.
 
-Every scenario talks to the gateway over HTTP only; the only direct upstream calls are the checks in
-EHRbase itself (AQL) that the issue asks for. HAPI and EHRbase keep their data between runs, so every
-run uses its own random family name and NHS numbers.
+Every scenario acts through the gateway's HTTP API; direct upstream calls only check the result in the
+store itself (AQL in EHRbase, an identifier search in HAPI). ``test_fhir_client_races.py`` is the one
+exception: it drives the FHIR client alone, to make conditional creates race inside HAPI. HAPI and EHRbase
+keep their data between runs, so every run uses its own random family name and NHS numbers.
 """
 
 from __future__ import annotations
