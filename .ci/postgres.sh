@@ -7,11 +7,12 @@
 # PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user.
 # The data directory lives under var/test-pg (git-ignored) or, as root, under /var/tmp (the `postgres` user
 # must be able to reach it, which a checkout in a private temporary directory does not allow).
-# The port defaults to 55433.
+# The port defaults to 25433 (outside Linux's ephemeral range 32768–60999, where a client socket of another
+# process could hold it).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-port="${TEST_PG_PORT:-55433}"
+port="${TEST_PG_PORT:-25433}"
 if [ "$(id -u)" = "0" ]; then
     datadir="${TEST_PG_DIR:-/var/tmp/gateway-test-pg-$port}"
 else

@@ -24,7 +24,7 @@ if [ -z "$E2E_PG_BIN" ] || [ ! -x "$E2E_PG_BIN/pg_ctl" ]; then
     E2E_PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
 fi
 : "${E2E_PG_HOST:=127.0.0.1}"
-: "${E2E_PG_PORT:=55432}"
+: "${E2E_PG_PORT:=25432}"            # outside the ephemeral range (32768–60999) that client sockets use
 : "${E2E_PG_OS_USER:=postgres}"          # OS user that owns/runs the cluster when we are root
 
 # --- EHRbase ---

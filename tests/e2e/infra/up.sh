@@ -96,8 +96,8 @@ EOF
         if e2e_port_busy "$E2E_PG_PORT"; then die "port $E2E_PG_PORT is taken by another process"; fi
         e2e_log "postgres: starting on $E2E_PG_HOST:$E2E_PG_PORT"
         # port/socket also on the command line so an overridden E2E_PG_PORT wins over postgresql.conf
-        # Retried: the default port lies in Linux's ephemeral range, so a client socket of another
-        # process can hold it for a moment ("could not bind ... Address already in use").
+        # Retried: a port chosen inside Linux's ephemeral range (32768-60999) can be held for a moment by a
+        # client socket of another process ("could not bind ... Address already in use"); the default is not.
         local try
         for try in 1 2 3 4 5; do
             if e2e_as_pg "$E2E_PG_BIN/pg_ctl" -D "$E2E_PGDATA" -l "$E2E_PG_LOG" -w -t 60 \
