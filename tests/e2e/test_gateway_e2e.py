@@ -74,34 +74,39 @@ def rng(stack: Stack) -> random.Random:
 # --- accounts ------------------------------------------------------------------------------------
 
 
-def test_admin_creates_clinician(stack: Stack) -> None:
-    stack.admin_token = token(stack, ADMIN_USER, ADMIN_PASSWORD)
+def onboard_clinician(stack: Stack, username: str, display_name: str) -> tuple[dict[str, Any], str]:
+    """An admin creates a clinician, who sets an own password first; returns the account and a token."""
     with stack.client(stack.admin_token) as admin:
-        me = admin.get("/auth/me")
-        assert me.status_code == 200
-        assert "admin" in me.json()["roles"]
         created = admin.post(
             "/admin/users",
             json={
-                "username": f"clin.{stack.run_id}",
-                "display_name": CLINICIAN_NAME,
+                "username": username,
+                "display_name": display_name,
                 "roles": ["clinician"],
                 "initial_password": CLINICIAN_PASSWORD,
             },
         )
         assert created.status_code == 201, created.text
-        stack.clinician = created.json()["user"]
-        assert stack.clinician["must_change_password"] is True
+    user: dict[str, Any] = created.json()["user"]
+    assert user["must_change_password"] is True
+    with stack.client(token(stack, username, CLINICIAN_PASSWORD)) as clinician:
         # The new account cannot touch patients before it sets its own password.
-    first = token(stack, stack.clinician["username"], CLINICIAN_PASSWORD)
-    with stack.client(first) as clinician:
         problem(clinician.get("/patients", params={"family": "x"}), 403, "password_change_required")
         changed = clinician.post(
             "/auth/password",
             json={"current_password": CLINICIAN_PASSWORD, "new_password": CLINICIAN_NEW_PASSWORD},
         )
         assert changed.status_code == 204, changed.text
-    stack.clinician_token = token(stack, stack.clinician["username"], CLINICIAN_NEW_PASSWORD)
+    return user, token(stack, username, CLINICIAN_NEW_PASSWORD)
+
+
+def test_admin_creates_clinician(stack: Stack) -> None:
+    stack.admin_token = token(stack, ADMIN_USER, ADMIN_PASSWORD)
+    with stack.client(stack.admin_token) as admin:
+        me = admin.get("/auth/me")
+        assert me.status_code == 200
+        assert "admin" in me.json()["roles"]
+    stack.clinician, stack.clinician_token = onboard_clinician(stack, f"clin.{stack.run_id}", CLINICIAN_NAME)
 
 
 def test_clinician_is_not_admin(stack: Stack) -> None:
@@ -427,25 +432,7 @@ def test_concurrent_first_letters_make_one_ehr(stack: Stack) -> None:
 
 def test_break_glass_opens_access_and_is_flagged(stack: Stack) -> None:
     patient_id = stack.state["patient_id"]
-    with stack.client(stack.admin_token) as admin:
-        created = admin.post(
-            "/admin/users",
-            json={
-                "username": f"oncall.{stack.run_id}",
-                "display_name": "Dr On Call",
-                "roles": ["clinician"],
-                "initial_password": CLINICIAN_PASSWORD,
-            },
-        )
-        assert created.status_code == 201, created.text
-    first = token(stack, f"oncall.{stack.run_id}", CLINICIAN_PASSWORD)
-    with stack.client(first) as oncall:
-        changed = oncall.post(
-            "/auth/password",
-            json={"current_password": CLINICIAN_PASSWORD, "new_password": CLINICIAN_NEW_PASSWORD},
-        )
-        assert changed.status_code == 204, changed.text
-    oncall_token = token(stack, f"oncall.{stack.run_id}", CLINICIAN_NEW_PASSWORD)
+    oncall_user, oncall_token = onboard_clinician(stack, f"oncall.{stack.run_id}", "Dr On Call")
     with stack.client(oncall_token) as oncall:
         problem(oncall.get(f"/patients/{patient_id}"), 403, "no_patient_relationship")
         opened = oncall.post(
@@ -455,9 +442,9 @@ def test_break_glass_opens_access_and_is_flagged(stack: Stack) -> None:
         assert oncall.get(f"/patients/{patient_id}").status_code == 200
         assert oncall.get(f"/patients/{patient_id}/letters").status_code == 200
     with stack.client(stack.admin_token) as admin:
-        events = admin.get(
-            "/admin/audit", params={"patient": patient_id, "user": created.json()["user"]["id"]}
-        ).json()["items"]
+        events = admin.get("/admin/audit", params={"patient": patient_id, "user": oncall_user["id"]}).json()[
+            "items"
+        ]
     flagged = {(e["action"], e["outcome"]) for e in events if e["break_glass"]}
     assert {
         ("break_glass.open", "success"),

