@@ -59,19 +59,27 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
 
-def create_session_factory(engine: AsyncEngine) -> SessionFactory:
-    """A factory of async sessions that keep loaded objects usable after commit."""
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+def create_session_factory(engine: AsyncEngine, *, info: dict[str, Any] | None = None) -> SessionFactory:
+    """A factory of async sessions that keep loaded objects usable after commit.
+
+    ``info`` is copied into every session's ``Session.info`` (the app puts its authorisation cache there,
+    so that commits touching permissions clear it: :mod:`gateway.security.authz`).
+    """
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, info=info)
 
 
-def create_autocommit_session_factory(engine: AsyncEngine) -> SessionFactory:
+def create_autocommit_session_factory(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> SessionFactory:
     """Sessions without an explicit transaction (no BEGIN/COMMIT round trips), sharing ``engine``'s pool.
 
-    For single-statement work on the hot path: the authentication and access checks (reads) and the
-    audit insert (one statement, durable when it returns).
+    For single-statement reads outside the hot path (which uses :mod:`auth_db.hotpath`).
     """
     return async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), class_=AsyncSession, expire_on_commit=False
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        class_=AsyncSession,
+        expire_on_commit=False,
+        info=info,
     )
 
 

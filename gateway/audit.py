@@ -1,9 +1,15 @@
 """Recording to the append-only audit trail.
 
-Audit records are written in their **own** short transaction, committed before the handler
-goes on: a denial is kept even when the request's own transaction rolls back, and a PHI
-response is only produced after its audit record is durable (fail closed: if the insert
-fails, the request fails with 503 and no PHI leaves the gateway).
+Two ways in:
+
+- :meth:`AuditLog.record` — denials, failures and PHI access. In the gateway process the row goes
+  through the group commit of :class:`gateway.audit_writer.AuditWriter` (one transaction for the rows of
+  concurrent requests, each request waiting for the commit that holds its row); elsewhere (the command
+  line) it is inserted in a transaction of its own. Either way it is durable when ``record`` returns, and
+  it survives a rollback of the request's own transaction. Fail closed: if it cannot be written the call
+  raises :class:`AuditUnavailable` (503) and the caller must not return PHI.
+- :meth:`AuditLog.stage` — a *successful* change made in the request's transaction: the record commits
+  atomically with the change it records.
 """
 
 from __future__ import annotations
@@ -22,9 +28,25 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from auth_db.engine import SessionFactory
 from auth_db.models import AuditEvent
 from auth_db.types import utcnow
-from gateway.errors import ServiceUnavailable
+from gateway.audit_writer import AuditUnavailable, AuditWriter, audit_unavailable
+
+__all__ = ["Actor", "AuditLog", "AuditUnavailable", "Outcome"]
 
 logger = logging.getLogger("gateway.audit")
+
+#: Column widths of ``audit_event`` (longer values are cut, so one odd value cannot fail a whole batch).
+_LIMITS = {
+    "actor_username": 64,
+    "action": 64,
+    "outcome": 16,
+    "target_type": 32,
+    "target_id": 200,
+    "patient_id": 64,
+    "ehr_id": 64,
+    "reason": 1000,
+    "client_addr": 64,
+    "request_id": 128,
+}
 
 
 class Outcome(StrEnum):
@@ -32,11 +54,6 @@ class Outcome(StrEnum):
     failure = "failure"
     denied = "denied"
     error = "error"
-
-
-class AuditUnavailable(ServiceUnavailable):
-    code = "audit_unavailable"
-    title = "Audit trail unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +71,15 @@ class AuditLog:
     session_factory: SessionFactory
     client_addr: str | None = None
     request_id: str | None = None
+    #: The group-commit writer of the gateway process; None (command line): one transaction per record.
+    writer: AuditWriter | None = None
 
     def for_request(self, request: Request) -> AuditLog:
         client = request.client.host if request.client else None
         request_id = getattr(request.state, "request_id", None)
         return replace(self, client_addr=client, request_id=request_id)
 
-    def build(
+    def row(
         self,
         *,
         action: str,
@@ -74,25 +93,34 @@ class AuditLog:
         reason: str | None = None,
         break_glass: bool = False,
         details: dict[str, Any] | None = None,
-    ) -> AuditEvent:
-        """One audit event for this request (not yet written)."""
-        return AuditEvent(
-            occurred_at=utcnow(),
-            actor_user_id=actor.user_id if actor else None,
-            actor_username=actor.username if actor else None,
-            action=action,
-            outcome=str(outcome),
-            target_type=target_type,
-            target_id=target_id,
-            patient_id=patient_id,
-            ehr_id=ehr_id,
-            resource_ids=list(resource_ids) if resource_ids is not None else None,
-            reason=reason,
-            break_glass=break_glass,
-            client_addr=self.client_addr,
-            request_id=self.request_id,
-            details=details,
-        )
+    ) -> dict[str, Any]:
+        """One audit event for this request, as the column values of ``audit_event`` (not yet written)."""
+        values: dict[str, Any] = {
+            "occurred_at": utcnow(),
+            "actor_user_id": actor.user_id if actor else None,
+            "actor_username": actor.username if actor else None,
+            "action": action,
+            "outcome": str(outcome),
+            "target_type": target_type,
+            "target_id": target_id,
+            "patient_id": patient_id,
+            "ehr_id": ehr_id,
+            "resource_ids": list(resource_ids) if resource_ids is not None else None,
+            "reason": reason,
+            "break_glass": break_glass,
+            "client_addr": self.client_addr,
+            "request_id": self.request_id,
+            "details": details,
+        }
+        for column, limit in _LIMITS.items():
+            value = values[column]
+            if value is not None and len(value) > limit:
+                values[column] = value[:limit]
+        return values
+
+    def build(self, **fields: Any) -> AuditEvent:
+        """One audit event as a table row object (takes the keyword arguments of :meth:`row`)."""
+        return AuditEvent(**self.row(**fields))
 
     def stage(self, session: AsyncSession, **fields: Any) -> AuditEvent:
         """Add an audit event to ``session``: it commits atomically with the change it records.
@@ -105,22 +133,20 @@ class AuditLog:
         session.add(event)
         return event
 
-    async def record(self, **fields: Any) -> AuditEvent:
-        """Insert one audit event in a transaction of its own and commit it.
-
-        Takes the keyword arguments of :meth:`build`.
+    async def record(self, **fields: Any) -> None:
+        """Write one audit event durably before returning (takes the keyword arguments of :meth:`row`).
 
         Raises:
             AuditUnavailable: the record could not be written; the caller must not return PHI.
         """
-        event = self.build(**fields)
+        values = self.row(**fields)
+        if self.writer is not None:
+            await self.writer.write(values)
+            return
         try:
             async with self.session_factory() as session:
-                session.add(event)
+                session.add(AuditEvent(**values))
                 await session.commit()
         except SQLAlchemyError as exc:
             logger.error("audit write failed: %s (action=%s)", type(exc).__name__, fields.get("action"))
-            raise AuditUnavailable(
-                "The audit trail cannot be written; the request was not completed."
-            ) from None
-        return event
+            raise audit_unavailable() from None

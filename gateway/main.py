@@ -13,15 +13,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db import migrate
 from auth_db.engine import create_autocommit_session_factory, create_engine, create_session_factory
+from auth_db.hotpath import create_hot_store
 from gateway.api import audit, auth, break_glass, care_team, health, letters, patients, users
 from gateway.api import metrics as metrics_api
 from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
+from gateway.audit_writer import AuditWriter
 from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
-from gateway.metrics import PrometheusObserver, install_observer
+from gateway.metrics import PrometheusObserver, install_observer, observe_audit_batch
 from gateway.middleware import GatewayMiddleware
 from gateway.openehr.templates import sync_at_startup
+from gateway.security.authz import Authoriser, watch_authorisation_changes
+from gateway.security.principal import Role
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.tracing import setup_tracing
 from gateway.upstream.ehrbase import create_ehrbase_client
@@ -50,12 +54,28 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         if settings.auto_migrate:
             await asyncio.to_thread(migrate.upgrade, url)
             logger.info("auth database migrated to the latest revision")
-        factory = create_session_factory(engine)
+        hot_store = create_hot_store(
+            url,
+            engine,
+            role_names=[role.value for role in Role],
+            pool_size=settings.auth_db_hot_pool_size,
+            timeout=settings.auth_db_pool_timeout,
+        )
+        await hot_store.open()
+        authoriser = Authoriser(hot_store, cache_ms=settings.authz_cache_ms)
+        info: dict[str, object] = {}
+        watch_authorisation_changes(info, authoriser)
+        factory = create_session_factory(engine, info=info)
+        writer = AuditWriter(hot_store, batch_max=settings.audit_batch_max, on_batch=observe_audit_batch)
+        writer.start()
         app.state.settings = settings
         app.state.engine = engine
+        app.state.hot_store = hot_store
+        app.state.authoriser = authoriser
+        app.state.audit_writer = writer
         app.state.session_factory = factory
-        app.state.autocommit_session_factory = create_autocommit_session_factory(engine)
-        app.state.audit = AuditLog(app.state.autocommit_session_factory)
+        app.state.autocommit_session_factory = create_autocommit_session_factory(engine, info=info)
+        app.state.audit = AuditLog(app.state.autocommit_session_factory, writer=writer)
         app.state.fhir = FhirClient(settings)
         app.state.ehrbase = create_ehrbase_client(settings)
         observer = PrometheusObserver()
@@ -68,6 +88,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         finally:
             await app.state.ehrbase.aclose()
             await app.state.fhir.aclose()
+            await writer.close()
+            await hot_store.close()
             await engine.dispose()
 
     return lifespan

@@ -10,7 +10,11 @@ One :class:`~prometheus_client.CollectorRegistry` per process, :data:`REGISTRY`,
   2 open) per store;
 - ``gateway_auth_db_pool_*`` gauges, read from the engine's pool at scrape time;
 - ``gateway_login_failures_total`` and ``gateway_login_lockouts_total`` — call
-  :func:`record_login_failure` and :func:`record_lockout` from the login flow.
+  :func:`record_login_failure` and :func:`record_lockout` from the login flow;
+- ``gateway_audit_batch_rows`` / ``gateway_audit_batch_seconds`` (the audit group commit: rows per
+  transaction and its duration) and ``gateway_audit_batch_failures_total``;
+- ``gateway_requests_shed_total``: requests answered 503 ``overloaded`` at once because the worker
+  already served ``MAX_REQUESTS_IN_FLIGHT``.
 
 Labels never carry user data: the route template, a store name, an operation name, a status.
 """
@@ -26,9 +30,11 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "REGISTRY",
     "PrometheusObserver",
+    "observe_audit_batch",
     "observe_request",
     "record_lockout",
     "record_login_failure",
+    "record_shed",
     "render",
 ]
 
@@ -86,6 +92,28 @@ LOGIN_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+AUDIT_BATCH_ROWS = Histogram(
+    "gateway_audit_batch_rows",
+    "Audit rows written per transaction by the group commit.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=REGISTRY,
+)
+AUDIT_BATCH_SECONDS = Histogram(
+    "gateway_audit_batch_seconds",
+    "Duration of one audit batch transaction.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+AUDIT_BATCH_FAILURES = Counter(
+    "gateway_audit_batch_failures",
+    "Audit batches whose transaction failed (each of their requests was answered 503).",
+    registry=REGISTRY,
+)
+REQUESTS_SHED = Counter(
+    "gateway_requests_shed",
+    "Requests answered 503 overloaded at once because the worker was at MAX_REQUESTS_IN_FLIGHT.",
+    registry=REGISTRY,
+)
 LOGIN_LOCKOUTS = Counter(
     "gateway_login_lockouts",
     "Lockouts started by repeated failures, by scope (account or address).",
@@ -101,6 +129,19 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     """Count one served request under its route template (called by the ASGI middleware)."""
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_DURATION.labels(method, route).observe(seconds)
+
+
+def observe_audit_batch(rows: int, seconds: float, ok: bool) -> None:
+    """Record one audit group-commit transaction (called by the audit writer)."""
+    AUDIT_BATCH_ROWS.observe(rows)
+    AUDIT_BATCH_SECONDS.observe(seconds)
+    if not ok:
+        AUDIT_BATCH_FAILURES.inc()
+
+
+def record_shed() -> None:
+    """Count a request refused because the worker was full."""
+    REQUESTS_SHED.inc()
 
 
 def record_login_failure(reason: str = "bad_credentials") -> None:

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     auth_db_max_overflow: int = Field(default=10, ge=0, le=200)
     auth_db_pool_timeout: float = Field(default=5.0, gt=0)
     auth_db_auto_migrate: bool | None = None
+    auth_db_hot_pool_size: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Connections per process for the per-request authorisation check and the audit writer "
+        "(PostgreSQL only; a pool of its own beside AUTH_DB_POOL_SIZE).",
+    )
 
     # --- sessions and tokens -------------------------------------------------------------------
     jwt_issuer: str = "fhir-openehr-gateway"
@@ -98,6 +105,13 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1, le=20)
     argon2_memory_cost_kib: int = Field(default=65536, ge=8192, le=1048576)
     argon2_parallelism: int = Field(default=4, ge=1, le=16)
+    authz_cache_ms: int = Field(
+        default=500,
+        ge=0,
+        le=1000,
+        description="How long a process may reuse a positive authorisation check, in milliseconds (0: off). "
+        "Logout, revocation, disabling and revoked care-team links reach every worker within this bound.",
+    )
 
     # --- HAPI FHIR -----------------------------------------------------------------------------
     fhir_server_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8080/fhir")
@@ -127,6 +141,15 @@ class Settings(BaseSettings):
     upstream_retry_max_wait: float = Field(default=2.0, gt=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
+
+    # --- load and the audit trail --------------------------------------------------------------
+    max_requests_in_flight: int = Field(
+        default=256,
+        ge=0,
+        description="Requests one worker serves at once; beyond it the answer is 503 overloaded at once "
+        "(0: no limit). /health, /ready and /metrics are never refused.",
+    )
+    audit_batch_max: int = Field(default=500, ge=1, le=10_000)
 
     # --- operations ----------------------------------------------------------------------------
     metrics_enabled: bool = True

@@ -198,6 +198,11 @@ def definition_of(registry: dict[str, SettingDefinition], key: str) -> SettingDe
     return definition
 
 
+def effective_system_setting(key: str, stored: object) -> SettingValue:
+    """The effective value of system setting ``key`` given its stored override (None: not stored)."""
+    return _effective(definition_of(SYSTEM_SETTINGS, key), stored)
+
+
 def _effective(definition: SettingDefinition, stored: object) -> SettingValue:
     """The stored value if it still fits the definition (rules may have tightened), else the default."""
     if stored is None:

@@ -3,7 +3,9 @@
 A user may access a patient's record through an active care-team link or an unexpired
 break-glass grant. :func:`patient_access` is the dependency every PHI route that names a
 patient uses; it decides **before** any upstream call and writes a denial audit record when
-it refuses.
+it refuses. The answer normally comes from the same statement that authenticated the request
+(:func:`gateway.security.deps.authenticated_principal`), so a PHI request asks the auth database
+once; only when the principal was supplied another way (a dependency override) is it asked here.
 """
 
 import uuid
@@ -11,20 +13,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Request
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from auth_db.engine import SessionFactory
 from auth_db.models import BreakGlassGrant, CareTeamLink
 from auth_db.types import utcnow
 from gateway.audit import Actor, Outcome
-from gateway.deps import AuditDep, AutocommitSessionFactoryDep
+from gateway.deps import AuditDep
 from gateway.errors import Forbidden
-from gateway.security.deps import require
-from gateway.security.principal import Permission, Principal
+from gateway.security.deps import FHIR_ID_PATTERN, Relationship, require
 
-#: FHIR logical ids: https://hl7.org/fhir/R4/datatypes.html#id
-FHIR_ID_PATTERN = r"^[A-Za-z0-9\-\.]{1,64}$"
+__all__ = ["FHIR_ID_PATTERN", "PatientAccess", "PatientIdPath", "grant_care_team", "patient_access"]
+from gateway.security.principal import Permission, Principal
 
 PatientIdPath = Annotated[
     str,
@@ -39,6 +41,8 @@ class PatientAccess:
     principal: Principal
     patient_id: str
     break_glass: bool
+    #: The patient's EHR id as cached in the auth database, when the authorisation statement saw one.
+    ehr_id: str | None = None
 
     @property
     def actor(self) -> Actor:
@@ -98,16 +102,18 @@ def patient_access(permission: Permission, action: str) -> Callable[..., Awaitab
     """
 
     async def dependency(
+        request: Request,
         patient_id: PatientIdPath,
         principal: Annotated[Principal, Depends(require(permission))],
-        factory: AutocommitSessionFactoryDep,
         audit: AuditDep,
     ) -> PatientAccess:
-        async with factory() as session:
-            if await has_care_team_link(session, principal.user_id, patient_id):
-                return PatientAccess(principal, patient_id, break_glass=False)
-            if await has_active_break_glass(session, principal.user_id, patient_id):
-                return PatientAccess(principal, patient_id, break_glass=True)
+        found: Relationship | None = getattr(request.state, "relationship", None)
+        if found is None or found.user_id != principal.user_id or found.patient_id != patient_id:
+            found = await _ask(request, principal.user_id, patient_id)
+        if found.care_team:
+            return PatientAccess(principal, patient_id, break_glass=False, ehr_id=found.ehr_id)
+        if found.break_glass:
+            return PatientAccess(principal, patient_id, break_glass=True, ehr_id=found.ehr_id)
         await audit.record(
             action=action,
             outcome=Outcome.denied,
@@ -123,3 +129,11 @@ def patient_access(permission: Permission, action: str) -> Callable[..., Awaitab
 
     dependency.__name__ = f"patient_access_{permission.name}"
     return dependency
+
+
+async def _ask(request: Request, user_id: uuid.UUID, patient_id: str) -> Relationship:
+    factory: SessionFactory = request.app.state.autocommit_session_factory
+    async with factory() as session:
+        care = await has_care_team_link(session, user_id, patient_id)
+        grant = not care and await has_active_break_glass(session, user_id, patient_id)
+    return Relationship(user_id, patient_id, care, grant, None)

@@ -2,32 +2,45 @@
 
 A request authenticates with ``Authorization: Bearer <access token>`` or, from a browser, with the
 access cookie; cookie-authenticated unsafe requests must also pass the CSRF check. Every request
-checks in the auth database that the token's session is still alive and the account active, so
-logout, password change, disabling an account and "end sessions" take effect at once.
+checks in the auth database that the token's session is still alive and the account active (one
+statement, :mod:`gateway.security.authz`), so logout, password change, disabling an account and "end
+sessions" take effect within ``AUTHZ_CACHE_MS`` on every worker, and at once on the worker that made
+the change.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from auth_db.hotpath import REQUIRE_2FA_KEY, AuthzRow, HotStoreUnavailable
 from auth_db.types import utcnow
 from gateway.audit import Outcome
-from gateway.deps import AuditDep, AutocommitSessionFactoryDep, SessionFactoryDep, SettingsDep
-from gateway.errors import Forbidden, NotAuthenticated
+from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
+from gateway.errors import AuthDatabaseUnavailable, Forbidden, NotAuthenticated
 from gateway.security.authn import Authenticator, ClientInfo
+from gateway.security.authz import Authoriser
 from gateway.security.csrf import check_csrf, cookie_names
 from gateway.security.passwords import PasswordService
 from gateway.security.principal import Permission, Principal, Role
 from gateway.security.sessions import load_session_user
 from gateway.security.tokens import InvalidToken, decode_access_token
 from gateway.security.totp import TotpCipher
-from gateway.system_settings import get_system_setting
+from gateway.system_settings import effective_system_setting, get_system_setting
+
+logger = logging.getLogger("gateway.security")
+
+#: FHIR logical ids: https://hl7.org/fhir/R4/datatypes.html#id
+FHIR_ID_PATTERN = r"^[A-Za-z0-9\-\.]{1,64}$"
+FHIR_ID = re.compile(FHIR_ID_PATTERN)
 
 bearer_scheme = OAuth2PasswordBearer(
     tokenUrl="/auth/token",
@@ -40,20 +53,23 @@ bearer_scheme = OAuth2PasswordBearer(
 async def authenticated_principal(
     request: Request,
     settings: SettingsDep,
-    factory: AutocommitSessionFactoryDep,
     audit: AuditDep,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
 ) -> Principal:
     """The authenticated user, including accounts that must first change their password or enrol TOTP.
 
     Only the account's own endpoints (``/auth/me``, password, TOTP, logout) use this directly;
-    everything else uses :data:`CurrentPrincipal`.
+    everything else uses :data:`CurrentPrincipal`. The check is one statement on the auth database
+    (:mod:`gateway.security.authz`, positive answers reused for at most ``AUTHZ_CACHE_MS``); when the
+    route names a patient (``{patient_id}``), the same statement also answers whether the user may
+    touch that patient, which :func:`gateway.security.access.patient_access` then uses.
 
     Raises:
         NotAuthenticated: ``not_authenticated`` (no credentials), ``token_expired``, ``invalid_token``
             or ``session_ended`` (logged out, revoked, idle/absolute timeout, or account disabled).
         Forbidden: ``csrf_failed`` for a cookie-authenticated unsafe request without a matching
             ``X-CSRF-Token`` header.
+        AuthDatabaseUnavailable: the auth database did not answer (503).
     """
     method: Literal["bearer", "cookie"]
     if bearer:
@@ -74,18 +90,43 @@ async def authenticated_principal(
         raise NotAuthenticated("The access token is not valid.", code="invalid_token") from None
     if method == "cookie":
         check_csrf(request, settings)
-    # A short session of its own: the connection goes back to the pool before the route runs, so a
-    # route waiting on HAPI FHIR or EHRbase holds no database connection for authentication.
-    async with factory() as session:
-        principal = await principal_for(session, claims.user_id, claims.session_family, method)
+    patient_id = request.path_params.get("patient_id")
+    if patient_id is not None and not FHIR_ID.fullmatch(patient_id):
+        patient_id = None  # not a patient id at all: the route's own validation answers 422
+    authoriser: Authoriser = request.app.state.authoriser
+    try:
+        row = await authoriser.check(
+            user_id=claims.user_id, family_id=claims.session_family, patient_id=patient_id
+        )
+    except HotStoreUnavailable:
+        logger.warning("auth database unavailable for the authorisation check")
+        raise AuthDatabaseUnavailable("The auth database cannot be reached.", retry_after=5) from None
+    if row is None:
+        raise NotAuthenticated("This session has ended; sign in again.", code="session_ended")
+    principal = principal_from(row, claims.user_id, claims.session_family, method)
     request.state.user_id = str(principal.user_id)
+    if patient_id is not None:
+        request.state.relationship = Relationship(
+            principal.user_id, patient_id, row.care_team, row.break_glass, row.ehr_id
+        )
     return principal
+
+
+@dataclass(frozen=True, slots=True)
+class Relationship:
+    """What the authorisation statement found about the user and the patient named in the path."""
+
+    user_id: uuid.UUID
+    patient_id: str
+    care_team: bool
+    break_glass: bool
+    ehr_id: str | None
 
 
 async def principal_for(
     session: AsyncSession, user_id: uuid.UUID, family_id: uuid.UUID, method: Literal["bearer", "cookie"]
 ) -> Principal:
-    """The principal of ``user_id`` in session ``family_id``, checked alive in the auth database.
+    """The principal of ``user_id`` in session ``family_id``, read through the ORM (after a login).
 
     Raises:
         NotAuthenticated: ``session_ended``.
@@ -106,6 +147,28 @@ async def principal_for(
         session_id=family_id,
         auth_method=method,
         must_change_password=user.must_change_password,
+        totp_enrolment_required=enrolment,
+    )
+
+
+def principal_from(
+    row: AuthzRow, user_id: uuid.UUID, family_id: uuid.UUID, method: Literal["bearer", "cookie"]
+) -> Principal:
+    """The principal described by an authorisation answer."""
+    roles = frozenset(Role(name) for name in row.roles)
+    enrolment = (
+        Role.admin in roles
+        and not row.totp_enabled
+        and bool(effective_system_setting(REQUIRE_2FA_KEY, row.require_2fa_for_admins))
+    )
+    return Principal(
+        user_id=user_id,
+        username=row.username,
+        display_name=row.display_name,
+        roles=roles,
+        session_id=family_id,
+        auth_method=method,
+        must_change_password=row.must_change_password,
         totp_enrolment_required=enrolment,
     )
 

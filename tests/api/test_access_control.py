@@ -16,10 +16,9 @@ from sqlalchemy import text
 from sqlmodel import col, select
 
 from auth_db.engine import SessionFactory
+from auth_db.hotpath import HotStoreUnavailable
 from auth_db.models import AuditEvent, BreakGlassGrant
 from auth_db.types import utcnow
-from gateway.audit import AuditLog
-from gateway.deps import get_audit
 from gateway.settings import Settings
 from tests import fhir_payloads as hapi
 from tests.conftest import running_app
@@ -315,15 +314,16 @@ class TestFailClosed:
         env.mock.get("/Patient/1001").mock(return_value=hapi.resource_response(hapi.patient()))
         await grant(env)
 
-        def broken_factory() -> Any:
-            raise __import__("sqlalchemy").exc.OperationalError("INSERT", {}, Exception("disk full"))
+        class RefusingStore:
+            async def insert_audit(self, rows: Any) -> None:
+                raise HotStoreUnavailable("OperationalError")
 
-        app = env.client.app  # type: ignore[attr-defined]
-        app.dependency_overrides[get_audit] = lambda: AuditLog(broken_factory)  # type: ignore[arg-type]
+        writer = env.client.app.state.audit_writer  # type: ignore[attr-defined]
+        healthy, writer.store = writer.store, RefusingStore()
         try:
             response = await env.client.get("/patients/1001", headers=env.clinician)
         finally:
-            app.dependency_overrides.pop(get_audit)
+            writer.store = healthy
         assert response.status_code == 503
         assert response.json()["code"] == "audit_unavailable"
         assert "Chalmers" not in response.text
