@@ -145,6 +145,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             expose_headers=["ETag", "Location", "Last-Modified", "X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, hsts=True)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        hsts=True,
+        max_in_flight=settings.max_requests_in_flight,
+    )
     setup_tracing(app, settings)
     return app

@@ -1,11 +1,16 @@
-"""ASGI middleware: request ids, body size limit, security headers, access log, request metrics.
+"""ASGI middleware: load shedding, request ids, body size limit, security headers, access log, metrics.
 
-Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds little to every request.
+Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds little to every request. The access log
+line of each request is written at DEBUG level only (``LOG_LEVEL=DEBUG``): at INFO and above nothing is
+logged per request; the request metrics count every request.
+
+Load shedding: a worker serves at most ``MAX_REQUESTS_IN_FLIGHT`` requests at once. A request beyond
+that is answered at once with ``503 overloaded`` (problem JSON, ``Retry-After: 1``) instead of queueing
+without limit behind the others; the liveness, readiness and metrics routes are never refused.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -13,10 +18,11 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import PROBLEM_JSON
-from gateway.metrics import observe_request
+from gateway.metrics import observe_request, record_shed
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{8,128}$")
@@ -27,6 +33,10 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 access_logger = logging.getLogger("gateway.access")
 
 DOCS_PATHS = ("/docs", "/redoc")
+#: Never shed: a saturated worker must still answer its probes and its metrics scrape.
+UNSHED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+#: Seconds a shed client is asked to wait.
+SHED_RETRY_AFTER = 1
 DOCS_CSP = (
     "default-src 'none'; script-src 'self' https://cdn.jsdelivr.net 'unsafe-inline'; "
     "style-src 'self' https://cdn.jsdelivr.net 'unsafe-inline'; "
@@ -46,30 +56,51 @@ def accept_request_id(value: str | None) -> str:
 class GatewayMiddleware:
     """Assigns the request id, enforces the body limit, adds security headers and logs each request."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, hsts: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, hsts: bool, max_in_flight: int = 0
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hsts = hsts
+        self.max_in_flight = max_in_flight
+        #: Requests of this worker being served now (the shed ones and the unshed routes not counted).
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
+        given_id: bytes | None = None
+        declared: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given_id = value
+            elif name == b"content-length":
+                declared = value
+        request_id = accept_request_id(given_id.decode("latin-1") if given_id is not None else None)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         path: str = scope["path"]
         status_holder: dict[str, Any] = {"status": 500}
 
-        declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await self._too_large(send, request_id, path)
             status_holder["status"] = 413
             self._log(scope, status_holder, started)
             request_id_var.reset(token)
             return
+
+        counted = self.max_in_flight > 0 and path not in UNSHED_PATHS
+        if counted and self.in_flight >= self.max_in_flight:
+            record_shed()
+            await self._overloaded(send, request_id, path)
+            status_holder["status"] = 503
+            self._log(scope, status_holder, started)
+            request_id_var.reset(token)
+            return
+        if counted:
+            self.in_flight += 1
 
         received = 0
 
@@ -100,6 +131,8 @@ class GatewayMiddleware:
             status_holder["status"] = 413
             await self._too_large(send, request_id, path)
         finally:
+            if counted:
+                self.in_flight -= 1
             self._log(scope, status_holder, started)
             request_id_var.reset(token)
 
@@ -118,24 +151,40 @@ class GatewayMiddleware:
         return result
 
     async def _too_large(self, send: Send, request_id: str, path: str) -> None:
-        body = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Request body too large",
-                "status": 413,
-                "code": "payload_too_large",
-                "detail": f"The body exceeds {self.max_body_bytes} bytes.",
-                "request_id": request_id,
-            }
-        ).encode()
+        problem = {
+            "type": "about:blank",
+            "title": "Request body too large",
+            "status": 413,
+            "code": "payload_too_large",
+            "detail": f"The body exceeds {self.max_body_bytes} bytes.",
+            "request_id": request_id,
+        }
+        await self._problem(send, problem, path, [(b"connection", b"close")])
+
+    async def _overloaded(self, send: Send, request_id: str, path: str) -> None:
+        problem = {
+            "type": "about:blank",
+            "title": "Overloaded",
+            "status": 503,
+            "code": "overloaded",
+            "detail": "The gateway is serving as many requests as it can; retry after Retry-After seconds.",
+            "request_id": request_id,
+            "retry_after": SHED_RETRY_AFTER,
+        }
+        await self._problem(send, problem, path, [(b"retry-after", str(SHED_RETRY_AFTER).encode())])
+
+    async def _problem(
+        self, send: Send, problem: dict[str, Any], path: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        body = orjson.dumps(problem)
         headers = [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", request_id.encode()),
-            (b"connection", b"close"),
+            (b"x-request-id", str(problem["request_id"]).encode()),
+            *extra,
             *self._security_headers(path, False),
         ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": problem["status"], "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
@@ -146,7 +195,9 @@ class GatewayMiddleware:
         seconds = time.perf_counter() - started
         method = str(scope.get("method"))
         observe_request(method, template, int(status_holder["status"]), seconds)
-        access_logger.info(
+        if not access_logger.isEnabledFor(logging.DEBUG):
+            return
+        access_logger.debug(
             "request",
             extra={
                 "method": method,

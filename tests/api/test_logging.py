@@ -59,7 +59,7 @@ async def test_access_log_line_has_request_id_user_route_status_duration(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     user = await create_user(session_factory, username="ada", roles=["clinician"], password=PASSWORD)
-    async with running_app(make_settings(auth_database_url=pg_url)) as client:
+    async with running_app(make_settings(auth_database_url=pg_url, log_level="DEBUG")) as client:
         token = (await client.post("/auth/token", data={"username": "ada", "password": PASSWORD})).json()
         capsys.readouterr()
         response = await client.get(
@@ -75,8 +75,28 @@ async def test_access_log_line_has_request_id_user_route_status_duration(
     assert line["method"] == "GET"
     assert line["status"] == 200
     assert isinstance(line["duration_ms"], float)
-    assert line["level"] == "info"
+    assert line["level"] == "debug"
     assert "timestamp" in line
+
+
+async def test_no_line_per_request_above_debug(
+    pg_engine: object,
+    pg_url: str,
+    session_factory: SessionFactory,
+    make_settings: Callable[..., Settings],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await create_user(session_factory, username="ada", roles=["clinician"], password=PASSWORD)
+    async with running_app(make_settings(auth_database_url=pg_url, log_level="INFO")) as client:
+        token = (await client.post("/auth/token", data={"username": "ada", "password": PASSWORD})).json()
+        capsys.readouterr()
+        for _ in range(3):
+            response = await client.get(
+                "/auth/me", headers={"Authorization": f"Bearer {token['access_token']}"}
+            )
+            assert response.status_code == 200
+        assert (await client.get("/health")).status_code == 200
+    assert json_lines(capsys.readouterr().err) == []
 
 
 async def test_request_id_is_sent_upstream(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
