@@ -86,7 +86,7 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Reload on code changes (development).")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
-    """Run the gateway with uvicorn."""
+    """Run the gateway with uvicorn (uvloop event loop, httptools HTTP parser)."""
     import uvicorn
 
     settings_or_exit()
@@ -97,7 +97,10 @@ def serve(
         port=port,
         reload=reload,
         workers=None if reload else workers,
+        loop="uvloop",
+        http="httptools",
         log_config=None,
+        access_log=False,  # the gateway logs each request itself, at DEBUG (gateway.middleware)
         proxy_headers=True,
         server_header=False,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -179,9 +180,16 @@ def request_id_of(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class OrjsonResponse(JSONResponse):
+    """A JSON response serialised with orjson (the gateway's own JSON answers: problems, FHIR resources)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def problem_response(request: Request, error: ApiError) -> JSONResponse:
     problem = error.to_problem(request_id_of(request))
-    return JSONResponse(
+    return OrjsonResponse(
         problem.model_dump(exclude_none=True),
         status_code=error.status,
         headers=error.headers,

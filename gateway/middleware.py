@@ -56,9 +56,7 @@ def accept_request_id(value: str | None) -> str:
 class GatewayMiddleware:
     """Assigns the request id, enforces the body limit, adds security headers and logs each request."""
 
-    def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, hsts: bool, max_in_flight: int = 0
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, hsts: bool, max_in_flight: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hsts = hsts

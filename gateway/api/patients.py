@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from gateway.api.patient_schemas import PatientPage, PatientResource
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SettingsDep
-from gateway.errors import problem_responses
+from gateway.errors import OrjsonResponse, problem_responses
 from gateway.security.access import PatientAccess, grant_care_team, patient_access
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal
@@ -45,7 +45,7 @@ def _resource_response(
         headers["Last-Modified"] = resource.last_modified
     if location:
         headers["Location"] = location
-    return JSONResponse(resource.body, status_code=status, headers=headers)
+    return OrjsonResponse(resource.body, status_code=status, headers=headers)
 
 
 @router.get(

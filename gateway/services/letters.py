@@ -114,6 +114,8 @@ class LetterService:
         await self._record(access, action, outcome, details={"code": error.code}, **kwargs)
 
     async def _ehr_id(self, access: PatientAccess) -> str | None:
+        if access.ehr_id is not None:  # read along with the authorisation check
+            return access.ehr_id
         return await ehr_service.find_ehr_id(
             self.factory,
             self.ehrbase,
@@ -169,15 +171,16 @@ class LetterService:
                     details={"idempotent_replay": True},
                 )
                 return stored, True
-        ehr_id: str | None = None
+        ehr_id: str | None = access.ehr_id
         try:
-            ehr_id = await ehr_service.get_or_create_ehr_id(
-                self.factory,
-                self.ehrbase,
-                self.fhir,
-                patient_id=access.patient_id,
-                namespace=self.settings.ehrbase_subject_namespace,
-            )
+            if ehr_id is None:
+                ehr_id = await ehr_service.get_or_create_ehr_id(
+                    self.factory,
+                    self.ehrbase,
+                    self.fhir,
+                    patient_id=access.patient_id,
+                    namespace=self.settings.ehrbase_subject_namespace,
+                )
             stored = await self._write_new(access, ehr_id, content, idempotency_key)
         except ApiError as error:
             if claim is not None:
