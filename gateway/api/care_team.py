@@ -62,7 +62,7 @@ async def grant(body: CareTeamGrant, admin: Admin, session: SessionDep, audit: A
 @admin_router.delete(
     "/{link_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Revoke a care-team link (effective on the user's next request)",
+    summary="Revoke a care-team link (effective at once; on other workers within AUTHZ_CACHE_MS)",
     responses=problem_responses(401, 403, 404, 422),
 )
 async def revoke(
