@@ -341,13 +341,34 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
     return "\n".join(lines) + "\n"
 
 
+_FRAME = re.compile(r"^(?P<name>.*) \((?P<path>.*?)(?::\d+)?\)$")
+
+
+def _frame_function(frame: str) -> tuple[str, str]:
+    """``("name (path)", package)`` of one py-spy frame ``name (path:line)``: line numbers dropped."""
+    match = _FRAME.match(frame)
+    if match is None:
+        return frame, frame
+    path = match["path"]
+    parts = path.split("/")
+    if path.startswith("<"):
+        package = re.split(r"[\s>]", path[1:], maxsplit=1)[0]
+    elif parts[0] in ("gateway", "auth_db", "tests") and len(parts) > 1:
+        package = "/".join(parts[:2]).removesuffix(".py")
+    else:
+        package = parts[0].removesuffix(".py")
+    return f"{match['name']} ({path})", package
+
+
 def profile_summary(collapsed: str, top: int = 25) -> str:
     """A text summary of py-spy's ``--format raw`` output (collapsed stacks: ``a;b;c count`` per line).
 
-    Two lists of the ``top`` frames: by own samples (the frame on top of the stack) and by inclusive samples
-    (the frame anywhere in the stack, once per stack), each with its share of all samples.
+    Frames are grouped by function (line numbers dropped). Three lists, each with its share of all samples:
+    own samples by package (of the frame on top of the stack; ``gateway/…`` by subpackage), own samples by
+    function, and inclusive samples by function (anywhere in the stack, once per stack); ``top`` lines each.
     """
     own: Counter[str] = Counter()
+    own_package: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in collapsed.splitlines():
@@ -355,17 +376,22 @@ def profile_summary(collapsed: str, top: int = 25) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
+        frames = [_frame_function(frame) for frame in stack.split(";")]
         total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        own[frames[-1][0]] += count
+        own_package[frames[-1][1]] += count
+        for function in {function for function, _ in frames}:
+            inclusive[function] += count
     if total == 0:
         return "no samples\n"
-    out = [f"{total} samples", "", "own time (frame on top of the stack):"]
-    out += [f"{100 * n / total:6.1f}%  {frame}" for frame, n in own.most_common(top)]
-    out += ["", "inclusive time (frame anywhere in the stack):"]
-    out += [f"{100 * n / total:6.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+    out = [f"{total} samples (all threads of one worker)"]
+    for title, counter in (
+        ("own time by package (frame on top of the stack)", own_package),
+        ("own time by function", own),
+        ("inclusive time by function (anywhere in the stack)", inclusive),
+    ):
+        out += ["", f"{title}:"]
+        out += [f"{100 * n / total:6.1f}%  {name}" for name, n in counter.most_common(top)]
     return "\n".join(out) + "\n"
 
 

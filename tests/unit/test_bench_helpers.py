@@ -22,6 +22,7 @@ from tests.bench.report import (
     to_ms,
     workload_table,
 )
+from tests.bench.run import baseline_plan, point_count, uvicorn_command
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:18090/patients/bench-small
   2 threads and 32 connections
@@ -224,15 +225,64 @@ def test_markdown_lists_errors_outside_the_gateway() -> None:
     assert "Client comparison" in text
 
 
-def test_profile_summary() -> None:
-    collapsed = "main (a.py:1);handle (b.py:2);query (c.py:3) 6\nmain (a.py:1);handle (b.py:2) 2\nbad line\n"
-    text = profile_summary(collapsed, top=2)
-    assert text.startswith("8 samples\n")
-    own = text.split("inclusive")[0]
-    assert "  75.0%  query (c.py:3)" in own
-    assert "  25.0%  handle (b.py:2)" in own
-    assert " 100.0%  main (a.py:1)" in text.split("inclusive")[1]
+def test_profile_summary_groups_by_function_and_package() -> None:
+    collapsed = (
+        "main (a.py:1);handle (gateway/api/patients.py:2);query (psycopg/cursor.py:3) 4\n"
+        "main (a.py:1);handle (gateway/api/patients.py:9);query (psycopg/cursor.py:5) 2\n"
+        "main (a.py:1);handle (gateway/api/patients.py:2) 1\n"
+        "main (a.py:1);commit (<sqlalchemy generated _go() wrapper>:2) 1\n"
+        "bad line\n"
+    )
+    text = profile_summary(collapsed, top=3)
+    assert text.startswith("8 samples")
+    by_package, by_function, inclusive = text.split("\n\n")[1:]
+    assert by_package.splitlines()[1:] == ["  75.0%  psycopg", "  12.5%  gateway/api", "  12.5%  sqlalchemy"]
+    assert by_function.splitlines()[1] == "  75.0%  query (psycopg/cursor.py)"
+    assert inclusive.splitlines()[1:3] == [
+        " 100.0%  main (a.py)",
+        "  87.5%  handle (gateway/api/patients.py)",
+    ]
     assert profile_summary("") == "no samples\n"
+
+
+def test_gateway_and_baselines_share_uvicorn_settings() -> None:
+    gateway = uvicorn_command("gateway.main:create_app", 18090, 2)
+    baseline = uvicorn_command("tests.bench.baseline:create_app", 18090, 2)
+    assert gateway[4:] == baseline[4:]
+    assert "18092" in uvicorn_command("tests.bench.baseline:create_app", 18092, 2)
+    assert [gateway[3], baseline[3]] == ["gateway.main:create_app", "tests.bench.baseline:create_app"]
+    for flags in (["--loop", "uvloop"], ["--http", "httptools"], ["--workers", "2"]):
+        assert any(gateway[i : i + 2] == flags for i in range(len(gateway)))
+    assert "--no-access-log" in gateway
+    assert "--factory" in gateway
+
+
+def test_baseline_plan() -> None:
+    plan = baseline_plan(["read", "search"], [1, 8, 32, 128], ["httpx", "aiohttp", "pyreqwest"])
+    assert [(step["target"], step["client"], step["db"]) for step in plan] == [
+        ("bare", "aiohttp", False),
+        ("bare_db", "aiohttp", True),
+        ("client", "httpx", False),
+        ("client", "pyreqwest", False),
+    ]
+    assert plan[0]["concurrency"] == [1, 8, 32, 128]
+    assert plan[1]["workloads"] == ["read", "search"]
+    assert plan[2] == {
+        "target": "client",
+        "client": "httpx",
+        "db": False,
+        "workloads": ["read"],
+        "concurrency": [1, 32, 128],
+    }
+    assert len(baseline_plan(["search"], [1, 32], ["httpx"])) == 2  # no read, no client comparison
+
+
+def test_default_run_fits_the_time_budget() -> None:
+    workloads = ["read", "search", "letter_create", "letters_list"]
+    clients = ["httpx", "httpx-aiohttp", "aiohttp", "pyreqwest"]
+    points = point_count(workloads, [1, 8, 32, 128], clients)
+    assert points == 34 + 16 + 16 + 9
+    assert points * 3 <= 6 * 60  # leaves ~2 min of the 8 for start-up, warm-up and wrk's own overhead
 
 
 def test_stub_answers_like_hapi_and_ehrbase() -> None:
