@@ -323,6 +323,14 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
             "",
             "Errors outside the gateway (load generator, stub or baseline): " + "; ".join(other_errors),
         ]
+    failed = [
+        f"{row['target']}{'/' + row['client'] if row.get('client') else ''} "
+        f"{row['workload']} c={row['concurrency']}"
+        for row in results
+        if row.get("failed")
+    ]
+    if failed:
+        lines += ["", "Points without a single answer, or where wrk could not connect: " + "; ".join(failed)]
     for row in results:
         if row["workload"].startswith("letters_list_"):
             lines.append(

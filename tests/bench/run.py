@@ -56,6 +56,7 @@ LETTER = {"title": "Clinic letter", "body": "Seen in clinic today; plan unchange
 COMPOSITION = {"_type": "COMPOSITION", "name": {"_type": "DV_TEXT", "value": "Clinic letter"}}
 DB_POOL_SIZE = "20"
 WARM_UP_SECONDS = 1
+IDLE_CPU_PERCENT = 10.0  # all workers together, twice over 0.25 s: the previous point's backlog is done
 
 
 def _int_list(text: str) -> list[int]:
@@ -206,6 +207,11 @@ def run_wrk(
         # wrk could not connect at all (the server is gone): record the point as failed, keep the run going.
         print(f"bench: wrk failed on {url}: {done.stderr.strip()[:200]}", file=sys.stderr)
         return parsed | {"errors": max(1, parsed["errors"]), "failed": True}
+    if parsed["requests"] == 0:
+        # Not one answer within the run (every request slower than the run, none past wrk's timeout yet):
+        # no error was counted, but the point is not a measurement either.
+        print(f"bench: no answer from {url} within {seconds} s", file=sys.stderr)
+        return parsed | {"failed": True}
     return parsed
 
 
@@ -306,6 +312,29 @@ def worker_processes(pid: int) -> list[psutil.Process]:
     return workers or children
 
 
+def settle(pid: int, limit: float = 15.0) -> float:
+    """Wait until the server's workers are idle again; how long it took (s).
+
+    A saturated server still works through the requests queued by the previous point after wrk has
+    closed its connections; measuring the next point before that would charge it the backlog.
+    """
+    import psutil
+
+    workers = worker_processes(pid)
+    started = time.monotonic()
+    try:
+        for worker in workers:
+            worker.cpu_percent(None)
+        idle = 0
+        while idle < 2 and time.monotonic() - started < limit:
+            time.sleep(0.25)
+            busy = sum(worker.cpu_percent(None) for worker in workers)
+            idle = idle + 1 if busy < IDLE_CPU_PERCENT else 0
+    except psutil.Error:
+        pass
+    return time.monotonic() - started
+
+
 def worker_rss_mb(pid: int) -> list[float]:
     return [round(worker.memory_info().rss / 1_048_576, 1) for worker in worker_processes(pid)]
 
@@ -317,10 +346,18 @@ def measure(
     request: tuple[str, str, Any, dict[str, str]],
     connections: int,
     client: str | None = None,
+    server: int | None = None,
 ) -> dict[str, Any]:
+    """One point; with ``server`` (a uvicorn supervisor's pid), first wait for its workers to be idle."""
     method, url, body, headers = request
-    measured = run_wrk(method, url, body, headers, connections)
     row: dict[str, Any] = {"workload": workload, "target": target, "concurrency": connections}
+    if server is not None:
+        row["settle_s"] = round(settle(server), 2)
+        if row["settle_s"] > 1:
+            print(
+                f"bench: waited {row['settle_s']} s for the server to finish the previous point", flush=True
+            )
+    measured = run_wrk(method, url, body, headers, connections)
     if client is not None:
         row["client"] = client
     results.append(row | measured)
@@ -419,6 +456,7 @@ def measure_baselines(
                         (method, base + path, body, headers),
                         connections,
                         client=step["client"],
+                        server=server.pid,
                     )
             rss[name] = worker_rss_mb(server.pid)
         finally:
@@ -501,7 +539,14 @@ def main() -> None:
             method, path, body, headers = spec["path"]
             for connections in CONCURRENCY:
                 measure(results, spec["name"], "direct", spec["direct"], connections)
-                measure(results, spec["name"], "gateway", (method, gw + path, body, headers), connections)
+                measure(
+                    results,
+                    spec["name"],
+                    "gateway",
+                    (method, gw + path, body, headers),
+                    connections,
+                    server=gateway.pid,
+                )
         if "letters_list" in ONLY:
             auth = {"Authorization": f"Bearer {token}"}
             for patient, letters in ((stub.SMALL_PATIENT, 10), (stub.LARGE_PATIENT, 10_000)):
@@ -511,6 +556,7 @@ def main() -> None:
                     "gateway",
                     ("GET", f"{gw}/patients/{patient}/letters?limit=10", None, auth),
                     32,
+                    server=gateway.pid,
                 )
         rss = worker_rss_mb(gateway.pid)
         if PROFILE and "read" in ONLY:
