@@ -303,6 +303,11 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
             f"; bare pass-through ({machine['bare_client']}) worker RSS: {machine['bare_rss_mb']} MB."
             if machine.get("bare_rss_mb")
             else "."
+        )
+        + (
+            f" Machine load average (1 min) before and after the run: {machine['load_average']}."
+            if machine.get("load_average")
+            else ""
         ),
         "",
         "rps = served (2xx) answers per second; gw answered rps also counts shed (503) and failed answers. "

@@ -466,6 +466,7 @@ def measure_baselines(
 
 def main() -> None:
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     unknown = sorted(set(ONLY) - set(WORKLOADS)) + sorted(set(COMPARED_CLIENTS) - set(CLIENTS))
     if unknown:
         raise SystemExit(
@@ -572,6 +573,8 @@ def main() -> None:
             "bare_rss_mb": baseline_rss.get(f"bare-{BARE_CLIENT}", []),
             "baseline_rss_mb": baseline_rss,
             "run_seconds": round(time.monotonic() - started),
+            # 1-minute load average of the machine before and after the run (everything, not only the bench)
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
         write_outputs(OUT, results, rss, machine)
         print(f"bench: run took {machine['run_seconds']} s; report in var/bench/results.md", flush=True)

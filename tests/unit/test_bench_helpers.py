@@ -223,8 +223,16 @@ def test_markdown_lists_errors_outside_the_gateway() -> None:
         point("read", "bare_db", 1, client="aiohttp", rps=10, errors=3),
         point("letters_list_10", "gateway", 32, failed=True),
     ]
-    machine = {"date": "2026-12-01", "cores": 2, "cpu": "x", "seconds_per_point": 3, "bare_client": "aiohttp"}
+    machine = {
+        "date": "2026-12-01",
+        "cores": 2,
+        "cpu": "x",
+        "seconds_per_point": 3,
+        "bare_client": "aiohttp",
+        "load_average": [0.5, 1.9],
+    }
     text = markdown(results, [100.0], machine)
+    assert "load average (1 min) before and after the run: [0.5, 1.9]." in text
     assert "bare_db/aiohttp read c=1: 3" in text
     assert "without a single answer, or where wrk could not connect: gateway letters_list_10 c=32" in text
     assert "Client comparison" in text
