@@ -277,7 +277,10 @@ def client_table(results: list[dict[str, Any]]) -> list[str]:
         "| client | c | rps | p50 ms | p99 ms | rps / aiohttp | errors |",
         "|---|---|---|---|---|---|---|",
     ]
-    concurrencies = sorted({row["concurrency"] for row in rows})
+    # the concurrencies of the comparison proper (the bare points of the reference client cover more)
+    concurrencies = sorted({row["concurrency"] for row in rows if row["target"] == "client"}) or sorted(
+        {row["concurrency"] for row in rows}
+    )
     for client in CLIENTS:
         for concurrency in concurrencies:
             row = next((r for r in rows if r["client"] == client and r["concurrency"] == concurrency), None)
