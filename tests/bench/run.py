@@ -1,19 +1,23 @@
-"""`just bench`: what the gateway adds to each request, measured against stub upstreams on loopback.
+"""`just bench`: what the gateway adds to each request, and how close it gets to a ceiling of the same run.
 
 Starts a PostgreSQL auth database (``.ci/postgres.sh``), the stub upstreams (``tests/bench/stub.py``) and the
-gateway in production settings (uvicorn, one worker per core), then drives each workload with ``wrk`` twice
-per concurrency level — directly against the stub and through the gateway — in the same run. Writes
-``var/bench/results.json``, ``var/bench/results.md`` and ``var/bench/latency.png``, and ends with one line:
+gateway in production settings (uvicorn, one worker per core, uvloop, httptools), then drives each workload
+with ``wrk`` per concurrency level — directly against the stub and through the gateway. Then, one at a time
+on its own port and under the same uvicorn settings, the bare pass-through of ``tests/bench/baseline.py``:
+with aiohttp on every workload and concurrency (``bare``), the same with one SELECT and one INSERT per request
+on the gateway's database (``bare_db``), and with each other HTTP client on the read at c=1, 32 and 128 (the
+client comparison). Writes ``var/bench/results.json``, ``results.md`` and ``latency.png``, prints one line per
+target, and ends with one line:
 
-    bench: read added_p50_ms=… added_p99_ms=… rps=… rss_mb=…
+    bench: read added_p50_ms=… added_p99_ms=… rps=… rss_mb=… ceiling_ratio=…
 
-Everything listens on 127.0.0.1 and every run is bounded (``BENCH_SECONDS`` per point, default 3).
+Everything listens on 127.0.0.1 and every run is bounded (``BENCH_SECONDS`` per point, default 3). The
+environment variables are listed in ``tests/bench/README.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -24,27 +28,57 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import psutil
 
 from tests.bench import stub
-from tests.bench.report import parse_wrk, summary_line, write_outputs
+from tests.bench.report import (
+    CLIENTS,
+    lua_script,
+    parse_wrk,
+    profile_summary,
+    summary_line,
+    target_lines,
+    write_outputs,
+)
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "var" / "bench"
-SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
-CONCURRENCY = [1, 8, 32, 128]
-STUB_PORT = int(os.environ.get("BENCH_STUB_PORT", "18091"))
-GATEWAY_PORT = int(os.environ.get("BENCH_GATEWAY_PORT", "18090"))
+WORKLOADS = ("read", "search", "letter_create", "letters_list")
+BARE_CLIENT = "aiohttp"
+CLIENT_CONCURRENCY = (1, 32, 128)
 PASSWORD = "bench-password-correct-horse-battery"
 LETTER = {"title": "Clinic letter", "body": "Seen in clinic today; plan unchanged.", "status": "final"}
 COMPOSITION = {"_type": "COMPOSITION", "name": {"_type": "DV_TEXT", "value": "Clinic letter"}}
+DB_POOL_SIZE = "20"
+WARM_UP_SECONDS = 1
+IDLE_CPU_PERCENT = 10.0  # all workers together, twice over 0.25 s: the previous point's backlog is done
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.replace(",", " ").split()]
+
+
+def _name_list(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
+CONCURRENCY = _int_list(os.environ.get("BENCH_CONCURRENCY", "1,8,32,128"))
+ONLY = _name_list(os.environ.get("BENCH_ONLY", "")) or list(WORKLOADS)
+COMPARED_CLIENTS = _name_list(os.environ.get("BENCH_CLIENTS", " ".join(CLIENTS)))
+PROFILE = os.environ.get("BENCH_PROFILE", "") == "1"
+STUB_PORT = int(os.environ.get("BENCH_STUB_PORT", "18091"))
+GATEWAY_PORT = int(os.environ.get("BENCH_GATEWAY_PORT", "18090"))
+BASELINE_PORT = int(os.environ.get("BENCH_BASELINE_PORT", "18092"))
 
 
 def workloads(token: str) -> list[dict[str, Any]]:
-    gw = f"http://127.0.0.1:{GATEWAY_PORT}"
+    """Each workload's request to the stub (``direct``) and through a server (``path``, gateway or bare)."""
     st = f"http://127.0.0.1:{STUB_PORT}"
     auth = {"Authorization": f"Bearer {token}"}
     aql = {"q": "SELECT …", "query_parameters": {"ehr_id": stub.SMALL_EHR}, "offset": 0, "fetch": 10}
@@ -52,12 +86,12 @@ def workloads(token: str) -> list[dict[str, Any]]:
         {
             "name": "read",
             "direct": ("GET", f"{st}/fhir/Patient/{stub.SMALL_PATIENT}", None, {}),
-            "gateway": ("GET", f"{gw}/patients/{stub.SMALL_PATIENT}", None, auth),
+            "path": ("GET", f"/patients/{stub.SMALL_PATIENT}", None, auth),
         },
         {
             "name": "search",
             "direct": ("GET", f"{st}/fhir/Patient?family=Chalmers&_count=20", None, {}),
-            "gateway": ("GET", f"{gw}/patients?family=Chalmers&count=20", None, auth),
+            "path": ("GET", "/patients?family=Chalmers&count=20", None, auth),
         },
         {
             "name": "letter_create",
@@ -67,27 +101,90 @@ def workloads(token: str) -> list[dict[str, Any]]:
                 COMPOSITION,
                 {},
             ),
-            "gateway": ("POST", f"{gw}/patients/{stub.SMALL_PATIENT}/letters", LETTER, auth),
+            "path": ("POST", f"/patients/{stub.SMALL_PATIENT}/letters", LETTER, auth),
         },
         {
             "name": "letters_list",
             "direct": ("POST", f"{st}/ehrbase/rest/openehr/v1/query/aql", aql, {}),
-            "gateway": ("GET", f"{gw}/patients/{stub.SMALL_PATIENT}/letters?limit=10", None, auth),
+            "path": ("GET", f"/patients/{stub.SMALL_PATIENT}/letters?limit=10", None, auth),
         },
     ]
 
 
-def lua_script(method: str, body: Any, headers: dict[str, str]) -> str:
-    lines = [f'wrk.method = "{method}"']
-    all_headers = dict(headers)
-    if body is not None:
-        all_headers["Content-Type"] = "application/json"
-        lines.append(f"wrk.body = {json.dumps(json.dumps(body))}")
-    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in all_headers.items()]
-    return "\n".join(lines) + "\n"
+def uvicorn_command(app: str, port: int, workers: int) -> list[str]:
+    """The uvicorn command line shared by the gateway and every baseline (same settings, other app)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
 
 
-def run_wrk(method: str, url: str, body: Any, headers: dict[str, str], connections: int) -> dict[str, Any]:
+def baseline_plan(
+    only: list[str], concurrency: list[int], clients: list[str], bare_client: str = BARE_CLIENT
+) -> list[dict[str, Any]]:
+    """The baseline servers to start, in order, and what to measure on each.
+
+    ``bare`` and ``bare_db`` (the ceiling) run every selected workload at every concurrency the gateway is
+    measured at; each other compared client runs the read at c=1, 32 and 128 (those of ``concurrency``).
+    The bare pass-through's own read points stand for ``bare_client`` in the comparison.
+    """
+    plan: list[dict[str, Any]] = [
+        {"target": "bare", "client": bare_client, "db": False, "workloads": only, "concurrency": concurrency},
+        {
+            "target": "bare_db",
+            "client": bare_client,
+            "db": True,
+            "workloads": only,
+            "concurrency": concurrency,
+        },
+    ]
+    compared = [c for c in CLIENT_CONCURRENCY if c in concurrency]
+    if "read" in only and compared:
+        plan += [
+            {
+                "target": "client",
+                "client": client,
+                "db": False,
+                "workloads": ["read"],
+                "concurrency": compared,
+            }
+            for client in clients
+            if client != bare_client
+        ]
+    return plan
+
+
+def point_count(only: list[str], concurrency: list[int], clients: list[str]) -> int:
+    """How many measured points a run makes (each lasts ``BENCH_SECONDS``)."""
+    gateway = 2 * len(only) * len(concurrency) + (2 if "letters_list" in only else 0)
+    plan = baseline_plan(only, concurrency, clients)
+    return gateway + sum(len(step["workloads"]) * len(step["concurrency"]) for step in plan)
+
+
+def run_wrk(
+    method: str,
+    url: str,
+    body: Any,
+    headers: dict[str, str],
+    connections: int,
+    seconds: int = SECONDS,
+) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua_script(method, body, headers))
     threads = min(2, connections)
@@ -95,7 +192,7 @@ def run_wrk(method: str, url: str, body: Any, headers: dict[str, str], connectio
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
-        f"-d{SECONDS}s",
+        f"-d{seconds}s",
         "--latency",
         "--timeout",
         "5s",
@@ -103,16 +200,23 @@ def run_wrk(method: str, url: str, body: Any, headers: dict[str, str], connectio
         script.name,
         url,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 30, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=False)
     os.unlink(script.name)
+    parsed = parse_wrk(done.stdout)
     if done.returncode != 0:
         # wrk could not connect at all (the server is gone): record the point as failed, keep the run going.
         print(f"bench: wrk failed on {url}: {done.stderr.strip()[:200]}", file=sys.stderr)
-        return parse_wrk(done.stdout) | {"errors": max(1, parse_wrk(done.stdout)["errors"]), "failed": True}
-    return parse_wrk(done.stdout)
+        return parsed | {"errors": max(1, parsed["errors"]), "failed": True}
+    if parsed["requests"] == 0:
+        # Not one answer within the run (every request slower than the run, none past wrk's timeout yet):
+        # no error was counted, but the point is not a measurement either.
+        print(f"bench: no answer from {url} within {seconds} s", file=sys.stderr)
+        return parsed | {"failed": True}
+    return parsed
 
 
 def start_postgres() -> str:
+    """Start (or reuse) the throwaway server of ``.ci/postgres.sh``; ``TEST_PG_PORT`` picks its port."""
     output = subprocess.run(
         ["bash", str(ROOT / ".ci" / "postgres.sh"), "start"],
         capture_output=True,
@@ -154,9 +258,11 @@ async def prepare_database(server_url: str) -> str:
     return url
 
 
-def wait_for(url: str, seconds: float = 60) -> None:
+def wait_for(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"bench: the server for {url} exited with status {process.returncode}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -172,12 +278,208 @@ def port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def start_server(command: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    """Start a server; its stderr goes to ``var/bench/logs/<log_name>.log``."""
+    logs = OUT / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{log_name}.log").open("wb") as log:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def worker_processes(pid: int) -> list[psutil.Process]:
+    """uvicorn's worker processes under the supervisor ``pid`` (not multiprocessing's resource tracker)."""
+    import psutil  # bench group only; the unit tests import this module without it
+
+    children = psutil.Process(pid).children(recursive=True)
+    workers = []
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.append(child)
+        except psutil.Error:
+            continue
+    return workers or children
+
+
+def settle(pid: int, limit: float = 15.0) -> float:
+    """Wait until the server's workers are idle again; how long it took (s).
+
+    A saturated server still works through the requests queued by the previous point after wrk has
+    closed its connections; measuring the next point before that would charge it the backlog.
+    """
+    import psutil
+
+    workers = worker_processes(pid)
+    started = time.monotonic()
+    try:
+        for worker in workers:
+            worker.cpu_percent(None)
+        idle = 0
+        while idle < 2 and time.monotonic() - started < limit:
+            time.sleep(0.25)
+            busy = sum(worker.cpu_percent(None) for worker in workers)
+            idle = idle + 1 if busy < IDLE_CPU_PERCENT else 0
+    except psutil.Error:
+        pass
+    return time.monotonic() - started
+
+
+def worker_rss_mb(pid: int) -> list[float]:
+    return [round(worker.memory_info().rss / 1_048_576, 1) for worker in worker_processes(pid)]
+
+
+def measure(
+    results: list[dict[str, Any]],
+    workload: str,
+    target: str,
+    request: tuple[str, str, Any, dict[str, str]],
+    connections: int,
+    client: str | None = None,
+    server: int | None = None,
+) -> dict[str, Any]:
+    """One point; with ``server`` (a uvicorn supervisor's pid), first wait for its workers to be idle."""
+    method, url, body, headers = request
+    row: dict[str, Any] = {"workload": workload, "target": target, "concurrency": connections}
+    if server is not None:
+        row["settle_s"] = round(settle(server), 2)
+        if row["settle_s"] > 1:
+            print(
+                f"bench: waited {row['settle_s']} s for the server to finish the previous point", flush=True
+            )
+    measured = run_wrk(method, url, body, headers, connections)
+    if client is not None:
+        row["client"] = client
+    results.append(row | measured)
+    label = target if client is None else f"{target}/{client}"
+    print(
+        f"bench: {workload:<13} c={connections:<3} {label:<21} rps={measured['served_rps']:.0f} "
+        f"p50={measured['p50_ms']:.2f}ms p99={measured['p99_ms']:.2f}ms "
+        f"shed={measured['shed']} errors={measured['errors']}",
+        flush=True,
+    )
+    return measured
+
+
+def warm_up(base: str, specs: list[dict[str, Any]]) -> None:
+    """One short unrecorded wrk run per workload: first-call imports, pools and caches filled."""
+    for spec in specs:
+        method, path, body, headers = spec["path"]
+        run_wrk(method, base + path, body, headers, 8, seconds=WARM_UP_SECONDS)
+
+
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def profile_read(gateway_pid: int, spec: dict[str, Any]) -> None:
+    """``BENCH_PROFILE=1``: py-spy on one gateway worker while wrk drives the read at c=32.
+
+    Two unrecorded runs: one writes ``var/bench/profile-read.svg`` (flame graph), the other the collapsed
+    stacks ``profile-read.txt``, summarised into ``profile-read-top.txt``.
+    """
+    worker = worker_processes(gateway_pid)[0].pid
+    seconds = max(SECONDS, 5)
+    method, path, body, headers = spec["path"]
+    for form, name in (("flamegraph", "profile-read.svg"), ("raw", "profile-read.txt")):
+        spy = subprocess.Popen(
+            [
+                py_spy(),
+                "record",
+                "--pid",
+                str(worker),
+                "--duration",
+                str(seconds),
+                "--format",
+                form,
+                "--output",
+                str(OUT / name),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.5)  # py-spy attaches before the load starts
+        run_wrk(method, f"http://127.0.0.1:{GATEWAY_PORT}{path}", body, headers, 32, seconds=seconds)
+        _, err = spy.communicate(timeout=seconds + 60)
+        if spy.returncode != 0:
+            print(f"bench: py-spy failed: {err.decode(errors='replace').strip()[:300]}", file=sys.stderr)
+            return
+    (OUT / "profile-read-top.txt").write_text(profile_summary((OUT / "profile-read.txt").read_text()))
+    print(
+        "bench: profile of one gateway worker (read, c=32): var/bench/profile-read.svg, profile-read-top.txt",
+        flush=True,
+    )
+
+
+def measure_baselines(
+    results: list[dict[str, Any]],
+    specs: list[dict[str, Any]],
+    base_env: dict[str, str],
+    database: str,
+    cores: int,
+) -> dict[str, list[float]]:
+    """Start each baseline of :func:`baseline_plan` in turn, measure it, stop it; RSS of each by name."""
+    rss: dict[str, list[float]] = {}
+    for index, step in enumerate(baseline_plan(ONLY, CONCURRENCY, COMPARED_CLIENTS)):
+        port = BASELINE_PORT + index
+        env = base_env | {
+            "BASELINE_UPSTREAM": f"http://127.0.0.1:{STUB_PORT}",
+            "BASELINE_CLIENT": step["client"],
+            "BASELINE_DB": "1" if step["db"] else "0",
+            "BASELINE_DATABASE_URL": database,
+            "BASELINE_DB_POOL_SIZE": DB_POOL_SIZE,
+        }
+        name = f"{step['target']}-{step['client']}"
+        server = start_server(uvicorn_command("tests.bench.baseline:create_app", port, cores), env, name)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(f"{base}/health", server)
+            chosen = [spec for spec in specs if spec["name"] in step["workloads"]]
+            warm_up(base, chosen)
+            for spec in chosen:
+                method, path, body, headers = spec["path"]
+                for connections in step["concurrency"]:
+                    measure(
+                        results,
+                        spec["name"],
+                        step["target"],
+                        (method, base + path, body, headers),
+                        connections,
+                        client=step["client"],
+                        server=server.pid,
+                    )
+            rss[name] = worker_rss_mb(server.pid)
+        finally:
+            stop_server(server)
+    return rss
+
+
 def main() -> None:
-    busy = [port for port in (STUB_PORT, GATEWAY_PORT) if port_in_use(port)]
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    unknown = sorted(set(ONLY) - set(WORKLOADS)) + sorted(set(COMPARED_CLIENTS) - set(CLIENTS))
+    if unknown:
+        raise SystemExit(
+            f"bench: unknown name(s) {unknown}; BENCH_ONLY takes {', '.join(WORKLOADS)}, "
+            f"BENCH_CLIENTS takes {', '.join(CLIENTS)}"
+        )
+    plan = baseline_plan(ONLY, CONCURRENCY, COMPARED_CLIENTS)
+    ports = [STUB_PORT, GATEWAY_PORT, *range(BASELINE_PORT, BASELINE_PORT + len(plan))]
+    busy = [port for port in ports if port_in_use(port)]
     if busy:
         raise SystemExit(
             f"bench: port(s) {busy} already in use (another bench run?); measuring someone else's server "
-            "would be wrong — stop it or set BENCH_STUB_PORT/BENCH_GATEWAY_PORT"
+            "would be wrong — stop it or set BENCH_STUB_PORT/BENCH_GATEWAY_PORT/BENCH_BASELINE_PORT"
         )
     if shutil.which("wrk") is None:
         raise SystemExit(
@@ -185,18 +487,24 @@ def main() -> None:
         )
     OUT.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
+    points = point_count(ONLY, CONCURRENCY, COMPARED_CLIENTS)
+    print(
+        f"bench: {points} points of {SECONDS} s (workloads {','.join(ONLY)}; "
+        f"c={','.join(map(str, CONCURRENCY))}); about {points * SECONDS // 60 + 1} min of load",
+        flush=True,
+    )
     database = asyncio.run(prepare_database(start_postgres()))
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_"))
-        },
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_", "BASELINE_"))
+    }
+    env = base_env | {
         "GATEWAY_ENV": "production",
         "GATEWAY_SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
         "TOTP_ENCRYPTION_KEY": "q1YQ8o1cM7O1HxH0Bf2gWgUu3lKQ0xZbq6l2v3J0c1E=",
         "AUTH_DATABASE_URL": database,
-        "AUTH_DB_POOL_SIZE": "20",
+        "AUTH_DB_POOL_SIZE": DB_POOL_SIZE,
         "FHIR_SERVER_URL": f"http://127.0.0.1:{STUB_PORT}/fhir",
         "EHRBASE_URL": f"http://127.0.0.1:{STUB_PORT}/ehrbase",
         "EHRBASE_API_USER": "bench",
@@ -211,89 +519,71 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         processes.append(
-            subprocess.Popen([sys.executable, "-m", "tests.bench.stub", str(STUB_PORT)], cwd=ROOT)
+            start_server([sys.executable, "-m", "tests.bench.stub", str(STUB_PORT)], base_env, "stub")
         )
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "gateway.main:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(GATEWAY_PORT),
-                "--workers",
-                str(cores),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=env,
-            stderr=subprocess.DEVNULL,
+        gateway = start_server(
+            uvicorn_command("gateway.main:create_app", GATEWAY_PORT, cores), env, "gateway"
         )
         processes.append(gateway)
-        wait_for(f"http://127.0.0.1:{STUB_PORT}/fhir/metadata")
-        wait_for(f"http://127.0.0.1:{GATEWAY_PORT}/health")
+        wait_for(f"http://127.0.0.1:{STUB_PORT}/fhir/metadata", processes[0])
+        wait_for(f"http://127.0.0.1:{GATEWAY_PORT}/health", gateway)
         token = httpx.post(
             f"http://127.0.0.1:{GATEWAY_PORT}/auth/token",
             data={"username": "bench.clinician", "password": PASSWORD},
             timeout=30,
         ).json()["access_token"]
+        specs = [spec for spec in workloads(token) if spec["name"] in ONLY]
+        gw = f"http://127.0.0.1:{GATEWAY_PORT}"
+        warm_up(gw, specs)
         results: list[dict[str, Any]] = []
-        for workload in workloads(token):
+        for spec in specs:
+            method, path, body, headers = spec["path"]
             for connections in CONCURRENCY:
-                for target in ("direct", "gateway"):
-                    method, url, body, headers = workload[target]
-                    measured = run_wrk(method, url, body, headers, connections)
-                    results.append(
-                        {
-                            "workload": workload["name"],
-                            "target": target,
-                            "concurrency": connections,
-                            **measured,
-                        }
-                    )
-                    print(
-                        f"bench: {workload['name']:<13} c={connections:<3} {target:<7} "
-                        f"rps={measured['rps']:.0f} p50={measured['p50_ms']:.2f}ms "
-                        f"p99={measured['p99_ms']:.2f}ms "
-                        f"errors={measured['errors']}",
-                        flush=True,
-                    )
-        auth = {"Authorization": f"Bearer {token}"}
-        for patient, letters in ((stub.SMALL_PATIENT, 10), (stub.LARGE_PATIENT, 10_000)):
-            measured = run_wrk(
-                "GET", f"http://127.0.0.1:{GATEWAY_PORT}/patients/{patient}/letters?limit=10", None, auth, 32
-            )
-            results.append(
-                {"workload": f"letters_list_{letters}", "target": "gateway", "concurrency": 32, **measured}
-            )
-            print(
-                f"bench: letters of a patient with {letters} letters, page 10, c=32: "
-                f"rps={measured['rps']:.0f} "
-                f"p50={measured['p50_ms']:.2f}ms",
-                flush=True,
-            )
-        workers = psutil.Process(gateway.pid).children(recursive=True)
-        rss = [round(worker.memory_info().rss / 1_048_576, 1) for worker in workers]
+                measure(results, spec["name"], "direct", spec["direct"], connections)
+                measure(
+                    results,
+                    spec["name"],
+                    "gateway",
+                    (method, gw + path, body, headers),
+                    connections,
+                    server=gateway.pid,
+                )
+        if "letters_list" in ONLY:
+            auth = {"Authorization": f"Bearer {token}"}
+            for patient, letters in ((stub.SMALL_PATIENT, 10), (stub.LARGE_PATIENT, 10_000)):
+                measure(
+                    results,
+                    f"letters_list_{letters}",
+                    "gateway",
+                    ("GET", f"{gw}/patients/{patient}/letters?limit=10", None, auth),
+                    32,
+                    server=gateway.pid,
+                )
+        rss = worker_rss_mb(gateway.pid)
+        if PROFILE and "read" in ONLY:
+            profile_read(gateway.pid, next(spec for spec in specs if spec["name"] == "read"))
+        stop_server(gateway)
+        baseline_rss = measure_baselines(results, specs, base_env, database, cores)
         machine = {
             "cores": cores,
             "cpu": _cpu_model(),
             "date": time.strftime("%Y-%m-%d"),
             "seconds_per_point": SECONDS,
+            "bare_client": BARE_CLIENT,
+            "bare_rss_mb": baseline_rss.get(f"bare-{BARE_CLIENT}", []),
+            "baseline_rss_mb": baseline_rss,
+            "run_seconds": round(time.monotonic() - started),
+            # 1-minute load average of the machine before and after the run (everything, not only the bench)
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
         write_outputs(OUT, results, rss, machine)
+        print(f"bench: run took {machine['run_seconds']} s; report in var/bench/results.md", flush=True)
+        for line in target_lines(results, rss):
+            print(line)
         print(summary_line(results, rss))
     finally:
         for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_server(process)
 
 
 def _cpu_model() -> str:
