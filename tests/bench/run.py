@@ -18,6 +18,7 @@ environment variables are listed in ``tests/bench/README.md``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.bench import stub
+from tests.bench import db_paths, stub
 from tests.bench.report import (
     CLIENTS,
     lua_script,
@@ -493,7 +494,8 @@ def main() -> None:
         f"c={','.join(map(str, CONCURRENCY))}); about {points * SECONDS // 60 + 1} min of load",
         flush=True,
     )
-    database = asyncio.run(prepare_database(start_postgres()))
+    server = start_postgres()
+    database = asyncio.run(prepare_database(server))
     base_env = {
         k: v
         for k, v in os.environ.items()
@@ -576,7 +578,15 @@ def main() -> None:
             # 1-minute load average of the machine before and after the run (everything, not only the bench)
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
+        # the auth-DB side of a PHI request three ways (ORM as before, Core, raw psycopg), same server
+        db_rows = asyncio.run(db_paths.measure(server)) if "read" in ONLY else []
         write_outputs(OUT, results, rss, machine)
+        if db_rows:
+            with (OUT / "results.md").open("a") as report:
+                report.write("\n## Auth-DB paths of a PHI request (same PostgreSQL, same run)\n\n")
+                report.write(db_paths.markdown(db_rows))
+            data = json.loads((OUT / "results.json").read_text())
+            (OUT / "results.json").write_text(json.dumps(data | {"db_paths": db_rows}, indent=2))
         print(f"bench: run took {machine['run_seconds']} s; report in var/bench/results.md", flush=True)
         for line in target_lines(results, rss):
             print(line)
