@@ -224,7 +224,10 @@ class Upstream:
             ),
             limits=httpx.Limits(
                 max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_keepalive,
+                max_keepalive_connections=settings.upstream_max_connections
+                if settings.upstream_keepalive_seconds > 0
+                else 0,
+                keepalive_expiry=settings.upstream_keepalive_seconds,
             ),
             headers=headers,
             transport=transport,
