@@ -79,11 +79,11 @@ class TransportMocker(AbstractRequestMocker):
             except PassThrough:
                 return await spec(transport, method, url, headers=headers, body=body, time_left=time_left)
             except httpx.ConnectError as exc:
-                raise ConnectFailed(f"cannot connect (respx: {exc})") from None
+                raise ConnectFailed(f"cannot connect: {exc} (respx)") from None
             except (httpx.TimeoutException, TimeoutError) as exc:
-                raise TimedOut(f"no complete answer in time (respx: {type(exc).__name__})") from None
+                raise TimedOut(f"no complete answer in time: {type(exc).__name__} (respx)") from None
             except httpx.TransportError as exc:
-                raise Broken(f"connection broken (respx: {type(exc).__name__})") from None
+                raise Broken(f"connection broken or answer malformed: {type(exc).__name__} (respx)") from None
             return upstream_response(response)
 
         return send

@@ -257,11 +257,11 @@ class AiohttpTransport:
         except TooLarge:
             raise
         except aiohttp.ClientConnectorError as exc:
-            raise ConnectFailed(f"cannot connect ({_reason(exc)})") from None
+            raise ConnectFailed(f"cannot connect: {_reason(exc)}") from None
         except TimeoutError as exc:  # includes aiohttp's connect, pool and read timeouts
-            raise TimedOut(f"no complete answer in time ({type(exc).__name__})") from None
+            raise TimedOut(f"no complete answer in time: {type(exc).__name__}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise Broken(f"connection broken or answer malformed ({type(exc).__name__})") from None
+            raise Broken(f"connection broken or answer malformed: {type(exc).__name__}") from None
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body, refusing more than ``max_response_bytes`` (the connection is then closed)."""
