@@ -4,6 +4,9 @@ Every call goes through the shared resilience policy (:mod:`gateway.upstream.res
 client never follows a URL it did not build: a paging link from HAPI is checked against the
 configured base (``FHIR_SERVER_URL``) and reduced to HAPI's page id and offset, which the gateway
 then requests itself. HAPI's OperationOutcome issues are carried into the API's problems.
+
+The hot read path, :meth:`FhirClient.read_patient_raw`, checks HAPI's answer and hands its body bytes
+on unchanged (no re-serialisation); :meth:`FhirClient.read_patient` returns the parsed resource.
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ class FhirResource:
         meta = self.body.get("meta") or {}
         version = meta.get("versionId")
         return str(version) if version is not None else None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RawResource:
+    """A resource's body exactly as HAPI sent it (checked, not re-serialised), with its validators."""
+
+    content: bytes
+    etag: str | None
+    last_modified: str | None
+    version_id: str | None
+
+    def __repr__(self) -> str:  # the body is patient data: never in a repr
+        return f"RawResource({len(self.content)} bytes, version_id={self.version_id!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +165,38 @@ class FhirClient:
         )
         self._raise_for_status(response, "patient.read")
         return self._resource(response, "Patient")
+
+    async def read_patient_raw(self, patient_id: str) -> RawResource:
+        """Read one Patient and return HAPI's body bytes unchanged (the hot read path).
+
+        The body is checked to be a JSON object with ``resourceType`` Patient and this ``id``; the
+        statuses mean what they mean for :meth:`read_patient`.
+
+        Raises:
+            NotFound: ``patient_not_found``. Gone: ``patient_deleted``. UpstreamError: bad answer.
+        """
+        response = await self.upstream.request(
+            "GET",
+            self._patient_url + quote(patient_id, safe=""),
+            idempotent=True,
+            operation="patient.read",
+            auth=self.auth,
+        )
+        self._raise_for_status(response, "patient.read")
+        body = self._json(response)
+        if body.get("resourceType") != "Patient":
+            raise UpstreamError(f"{STORE} sent a {body.get('resourceType')!r} where a Patient was expected.")
+        if body.get("id") != patient_id:
+            raise UpstreamError(f"{STORE} sent another Patient than the one asked for.")
+        meta = body.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        headers = response.headers
+        return RawResource(
+            response.content,
+            headers.get("ETag"),
+            headers.get("Last-Modified"),
+            str(version) if version is not None else None,
+        )
 
     async def metadata(self) -> UpstreamResponse:
         """``GET /metadata`` (the readiness probe), returned as is."""
