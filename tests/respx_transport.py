@@ -26,6 +26,7 @@ to this mocker is returned whole.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -86,6 +87,8 @@ class TransportMocker(AbstractRequestMocker):
                 raise Broken(f"connection broken or answer malformed: {type(exc).__name__} (respx)") from None
             return upstream_response(response)
 
+        if list(inspect.signature(send).parameters)[1:] != list(inspect.signature(spec).parameters)[1:]:
+            raise TypeError("AiohttpTransport.send changed its parameters: update tests/respx_transport.py")
         return send
 
     @classmethod
