@@ -35,6 +35,11 @@ from gateway.settings import Settings, normalise_database_url
 # Imported here so that it is registered with respx whichever test module is collected first.
 from tests.respx_transport import UPSTREAM
 
+# It is also respx's default, so that a router written without `using=` still fakes the stores at the
+# same boundary instead of letting the calls go to the network. Name it anyway: that says which layer is
+# mocked where the test is read.
+respx.mocks.DEFAULT_MOCKER = UPSTREAM
+
 TEST_SECRET = "test-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 TEST_TOTP_KEY = "q1YQ8o1cM7O1HxH0Bf2gWgUu3lKQ0xZbq6l2v3J0c1E="
 

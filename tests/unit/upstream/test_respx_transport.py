@@ -96,3 +96,10 @@ async def test_a_call_no_route_matches_fails_the_test(
 ) -> None:
     with pytest.raises(AllMockedAssertionError):
         await transport.send("GET", "http://store.test/elsewhere", time_left=1)
+
+
+async def test_a_router_without_using_fakes_the_same_boundary(transport: AiohttpTransport) -> None:
+    with respx.mock(assert_all_called=False) as router:  # respx's default is the transport mocker (conftest)
+        route = router.get(URL).mock(return_value=httpx.Response(204))
+        assert (await transport.send("GET", URL, time_left=1)).status_code == 204
+    assert route.call_count == 1
