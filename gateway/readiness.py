@@ -7,8 +7,8 @@ Each probe is a small async function given only what it needs and bounded by its
 - HAPI FHIR: ``GET {FHIR_SERVER_URL}/metadata`` must answer 200 with a CapabilityStatement;
 - EHRbase: ``GET {EHRBASE_URL}/rest/status`` must answer 200.
 
-Upstream probes use the pooled ``httpx.AsyncClient`` and credentials of the store's client, one
-attempt each (no retries, no breaker), so a probe tells the truth now. Results are cached for
+Upstream probes go through the pooled transport and credentials of the store's client, one attempt
+each (no retries, no breaker), so a probe tells the truth now. Results are cached for
 ``READY_CACHE_SECONDS`` and a lock makes concurrent ``/ready`` calls share one round of probes,
 so readiness checks cannot hammer HAPI or EHRbase. Error texts are for operators and never
 contain credentials.
@@ -23,9 +23,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.upstream.transport import (
+    AiohttpTransport,
+    Credentials,
+    TimedOut,
+    TooLarge,
+    TransportError,
+    UpstreamResponse,
+)
 
 Status = Literal["up", "down"]
 
@@ -55,10 +63,12 @@ async def _timed(probe: Awaitable[str | None], limit: float) -> CheckResult:
     try:
         async with asyncio.timeout(limit):
             error = await probe
-    except TimeoutError:
+    except (TimeoutError, TimedOut):
         error = f"no answer within {limit:g} s"
-    except httpx.TransportError as exc:
-        error = f"unreachable ({type(exc).__name__})"
+    except TooLarge:
+        error = "answer over UPSTREAM_MAX_RESPONSE_BYTES"
+    except TransportError as exc:  # ConnectFailed, Broken: their texts name no URL, header or body
+        error = scrub(f"unreachable ({exc})")
     except Exception as exc:
         error = scrub(f"{type(exc).__name__}: {_root_message(exc)}")
     latency = round((time.perf_counter() - started) * 1000, 1)
@@ -82,20 +92,21 @@ async def probe_database(engine: AsyncEngine, limit: float) -> CheckResult:
 
 
 async def probe_http(
-    client: httpx.AsyncClient,
+    transport: AiohttpTransport,
     url: str,
     *,
-    auth: httpx.Auth | None,
+    auth: Credentials | None,
     limit: float,
-    check: Callable[[httpx.Response], str | None] | None = None,
+    check: Callable[[UpstreamResponse], str | None] | None = None,
 ) -> CheckResult:
-    """One ``GET url`` with the store's client and credentials.
+    """One ``GET url`` through the store's transport, with its credentials.
 
     Up when it answers 200 within ``limit`` seconds and ``check`` (if given) finds nothing wrong.
     """
+    headers = {"Authorization": auth.header} if auth is not None else None
 
     async def run() -> str | None:
-        response = await client.get(url, auth=auth, timeout=limit)
+        response = await transport.send("GET", url, headers=headers, time_left=limit)
         if response.status_code != 200:
             return f"HTTP {response.status_code}"
         return check(response) if check else None
@@ -103,7 +114,7 @@ async def probe_http(
     return await _timed(run(), limit)
 
 
-def capability_statement(response: httpx.Response) -> str | None:
+def capability_statement(response: UpstreamResponse) -> str | None:
     """None if the answer is a FHIR CapabilityStatement, else why not."""
     try:
         body = response.json()
@@ -116,14 +127,14 @@ def capability_statement(response: httpx.Response) -> str | None:
 
 def client_parts(
     store_client: Any, auth_attribute: str
-) -> tuple[httpx.AsyncClient, httpx.Auth | None] | None:
-    """The pooled httpx client and credentials of a store client (``client.upstream.client``)."""
+) -> tuple[AiohttpTransport, Credentials | None] | None:
+    """The pooled transport and credentials of a store client (``client.upstream.transport``)."""
     upstream = getattr(store_client, "upstream", None)
-    http = getattr(upstream, "client", None)
-    if not isinstance(http, httpx.AsyncClient):
+    transport = getattr(upstream, "transport", None)
+    if not isinstance(transport, AiohttpTransport):
         return None
     auth = getattr(store_client, auth_attribute, None)
-    return http, auth if isinstance(auth, httpx.Auth) else None
+    return transport, auth if isinstance(auth, Credentials) else None
 
 
 @dataclass

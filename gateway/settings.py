@@ -8,6 +8,7 @@ and turns validation failures into a :class:`ConfigError` with one readable mess
 
 from __future__ import annotations
 
+import logging
 import os
 from enum import StrEnum
 from functools import cached_property
@@ -30,7 +31,19 @@ LEGACY_VARIABLES: dict[str, str] = {
     "EHRBASE_PASSWORD": "EHRBASE_API_PASSWORD and EHRBASE_API_ADMIN_PASSWORD",
 }
 
+#: Variables that no longer mean anything. They are ignored with a warning naming what to use instead:
+#: refusing them would stop deployments (``.env.example`` listed them) over a value that changes
+#: neither safety nor correctness.
+IGNORED_VARIABLES: dict[str, str] = {
+    "UPSTREAM_MAX_KEEPALIVE": "it capped idle upstream connections, which the aiohttp client does not "
+    "count separately (idle connections stay within UPSTREAM_MAX_CONNECTIONS). Use "
+    "UPSTREAM_KEEPALIVE_SECONDS to set how long an idle connection is kept (0: close after every call, "
+    "as UPSTREAM_MAX_KEEPALIVE=0 did)",
+}
+
 DEFAULT_SQLITE_PATH = Path("var/auth.db")
+
+logger = logging.getLogger("gateway.settings")
 
 
 class ConfigError(Exception):
@@ -135,7 +148,7 @@ class Settings(BaseSettings):
     upstream_read_timeout: float = Field(default=10.0, gt=0)
     upstream_total_timeout: float = Field(default=20.0, gt=0)
     upstream_max_connections: int = Field(default=100, ge=1)
-    upstream_max_keepalive: int = Field(default=20, ge=0)
+    upstream_keepalive_seconds: float = Field(default=15.0, ge=0)
     upstream_max_response_bytes: int = Field(default=10_485_760, ge=65_536)
     upstream_retry_attempts: int = Field(default=3, ge=1, le=10)
     upstream_retry_max_wait: float = Field(default=2.0, gt=0)
@@ -263,12 +276,23 @@ def normalise_database_url(url: str) -> str:
     raise ValueError("AUTH_DATABASE_URL must start with postgresql:// or sqlite://")
 
 
-def find_legacy_variables(environ: dict[str, str], env_file: Path | None = Path(".env")) -> list[str]:
-    """Names of legacy variables present in the environment or the ``.env`` file."""
+def _present_variables(environ: dict[str, str], env_file: Path | None) -> set[str]:
     present = {name.upper() for name in environ}
     if env_file is not None and env_file.is_file():
         present |= {name.upper() for name in dotenv_values(env_file)}
+    return present
+
+
+def find_legacy_variables(environ: dict[str, str], env_file: Path | None = Path(".env")) -> list[str]:
+    """Names of legacy variables present in the environment or the ``.env`` file."""
+    present = _present_variables(environ, env_file)
     return [name for name in LEGACY_VARIABLES if name in present]
+
+
+def find_ignored_variables(environ: dict[str, str], env_file: Path | None = Path(".env")) -> list[str]:
+    """Names of variables that are no longer read, present in the environment or the ``.env`` file."""
+    present = _present_variables(environ, env_file)
+    return [name for name in IGNORED_VARIABLES if name in present]
 
 
 def _format_validation_error(error: ValidationError) -> str:
@@ -289,13 +313,18 @@ def load_settings(**overrides: Any) -> Settings:
     Returns:
         The validated settings.
 
+    Variables that no longer mean anything (:data:`IGNORED_VARIABLES`) are logged as a warning each.
+
     Raises:
         ConfigError: legacy variables are present or a value is invalid; the message says what to change.
     """
-    legacy = find_legacy_variables(dict(os.environ))
+    environ = dict(os.environ)
+    legacy = find_legacy_variables(environ)
     if legacy:
         details = "\n".join(f"  - {name}: use {LEGACY_VARIABLES[name]}" for name in legacy)
         raise ConfigError(f"Legacy configuration variables are no longer read; rename them:\n{details}")
+    for name in find_ignored_variables(environ):
+        logger.warning("%s is no longer read and is ignored: %s", name, IGNORED_VARIABLES[name])
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 from pytest_postgresql import factories
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -28,6 +29,16 @@ from auth_db.engine import SessionFactory, create_engine, create_session_factory
 from auth_db.models import metadata
 from gateway.main import create_app
 from gateway.settings import Settings, normalise_database_url
+
+# respx fakes HAPI FHIR and EHRbase at the gateway's transport boundary (AiohttpTransport.send): every
+# test names that mocker, `respx.mock(using=UPSTREAM, ...)` or the `upstream_mock` fixture below.
+# Imported here so that it is registered with respx whichever test module is collected first.
+from tests.respx_transport import UPSTREAM
+
+# It is also respx's default, so that a router written without `using=` still fakes the stores at the
+# same boundary instead of letting the calls go to the network. Name it anyway: that says which layer is
+# mocked where the test is read.
+respx.mocks.DEFAULT_MOCKER = UPSTREAM
 
 TEST_SECRET = "test-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 TEST_TOTP_KEY = "q1YQ8o1cM7O1HxH0Bf2gWgUu3lKQ0xZbq6l2v3J0c1E="
@@ -137,6 +148,16 @@ def make_settings() -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make
+
+
+@pytest.fixture
+def upstream_mock() -> Iterator[respx.MockRouter]:
+    """A respx router faking the upstream stores at the transport boundary, for the test's duration.
+
+    A call no route matches fails the test (``assert_all_mocked``); unused routes are allowed.
+    """
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
+        yield router
 
 
 @asynccontextmanager

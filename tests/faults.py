@@ -2,6 +2,8 @@
 
 - :class:`SilentServer` accepts TCP connections and never answers (a real read timeout).
 - :class:`ResettingServer` answers with a status line and part of a body, then resets the connection.
+- :class:`CannedServer` answers every request with the same raw bytes (an oversized body, malformed HTTP).
+- :class:`TricklingServer` promises a body and sends it a byte at a time, never finishing.
 - :class:`TcpProxy` forwards to a real server (e.g. the test PostgreSQL) and can be cut and restored,
   which looks to the gateway exactly like the database going away and coming back.
 - :func:`closed_port` gives a loopback port nobody listens on (connection refused).
@@ -84,6 +86,51 @@ class ResettingServer(_Server):
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
+
+
+class CannedServer(_Server):
+    """Answers every request on a connection with ``answer`` (raw bytes), keeping the connection open."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
+        self.requests = 0
+
+    @classmethod
+    def http(cls, status: int, body: bytes, headers: dict[str, str] | None = None) -> CannedServer:
+        """A server answering ``status`` with ``body`` (and its ``Content-Length``)."""
+        lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        return cls(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")  # requests without a body (GET)
+            except asyncio.IncompleteReadError:
+                return
+            self.requests += 1
+            writer.write(self.answer)
+            await writer.drain()
+
+
+class TricklingServer(_Server):
+    """Sends headers promising a body, then one byte every ``interval`` seconds, never finishing.
+
+    Every read gets data well within a read timeout; only a bound on the whole call ends it.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        super().__init__()
+        self.interval = interval
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n")
+        while True:
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(self.interval)
 
 
 class TcpProxy(_Server):

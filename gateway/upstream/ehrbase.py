@@ -10,11 +10,11 @@ problem's ``upstream_issues``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 from urllib.parse import quote
 
-import httpx
 from fastapi import Depends, Request
 
 from gateway.errors import UpstreamError
@@ -26,6 +26,7 @@ from gateway.upstream.ehrbase_errors import (
     strip_etag,
     upstream_failure,
 )
+from gateway.upstream.transport import Credentials, UpstreamResponse
 
 __all__ = ["CompositionGone", "EhrSubjectInUse", "EhrbaseClient", "EhrbaseDep", "strip_etag"]
 
@@ -42,13 +43,13 @@ class Upstream(Protocol):
         url: str,
         *,
         idempotent: bool,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         json: Any = None,
         content: bytes | None = None,
-        params: dict[str, str] | None = None,
-        auth: httpx.Auth | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: Credentials | None = None,
         operation: str,
-    ) -> httpx.Response: ...
+    ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
 
@@ -69,10 +70,10 @@ class VersionRef:
     body: dict[str, Any] | None = None
 
 
-def _basic(user: str | None, password: Any) -> httpx.BasicAuth | None:
+def _basic(user: str | None, password: Any) -> Credentials | None:
     if not user or password is None:
         return None
-    return httpx.BasicAuth(user, password.get_secret_value())
+    return Credentials.basic(user, password.get_secret_value())
 
 
 class EhrbaseClient:
@@ -87,7 +88,7 @@ class EhrbaseClient:
         self._system_id: str | None = None
 
     async def aclose(self) -> None:
-        """Close the pooled HTTP client."""
+        """Close the pooled connections."""
         await self.upstream.aclose()
 
     async def _call(
@@ -102,7 +103,7 @@ class EhrbaseClient:
         json_body: Any = None,
         content: bytes | None = None,
         params: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         return await self.upstream.request(
             method,
             url,
@@ -116,7 +117,7 @@ class EhrbaseClient:
         )
 
     @staticmethod
-    def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+    def _json(response: UpstreamResponse, what: str) -> dict[str, Any]:
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -125,7 +126,7 @@ class EhrbaseClient:
             raise UpstreamError(f"EHRbase sent an unexpected {what}.")
         return body
 
-    def _ehr_ref(self, response: httpx.Response) -> EhrRef:
+    def _ehr_ref(self, response: UpstreamResponse) -> EhrRef:
         body = self._json(response, "EHR")
         ehr_id = (body.get("ehr_id") or {}).get("value")
         system_id = (body.get("system_id") or {}).get("value")
@@ -205,7 +206,7 @@ class EhrbaseClient:
         url = f"{self.base}/ehr/{quote(ehr_id)}/composition"
         return f"{url}/{quote(uid, safe=':')}" if uid else url
 
-    def _version(self, response: httpx.Response, *, with_body: bool) -> VersionRef:
+    def _version(self, response: UpstreamResponse, *, with_body: bool) -> VersionRef:
         version_uid = strip_etag(response.headers.get("ETag"))
         body = self._json(response, "composition") if with_body and response.content else None
         if version_uid is None and body is not None:
@@ -368,7 +369,7 @@ EhrbaseDep = Annotated[EhrbaseClient, Depends(get_ehrbase)]
 
 
 def create_ehrbase_client(settings: Settings) -> EhrbaseClient:
-    """The EHRbase client with its own pooled HTTP client and circuit breaker (closed by :meth:`aclose`)."""
+    """The EHRbase client with its own pooled connections and circuit breaker (closed by :meth:`aclose`)."""
     from gateway.upstream.resilience import Upstream as ResilientUpstream
 
     return EhrbaseClient(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 from lxml import etree
 
 from gateway.errors import (
@@ -22,6 +21,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamIssue,
 )
+from gateway.upstream.transport import UpstreamResponse
 
 
 class EhrSubjectInUse(Conflict):
@@ -36,7 +36,7 @@ class CompositionGone(ApiError):
     status, code, title = 410, "letter_deleted", "Letter deleted"
 
 
-def _error_fields(response: httpx.Response) -> tuple[object, object] | None:
+def _error_fields(response: UpstreamResponse) -> tuple[object, object] | None:
     """``(error, message)`` of an EHRbase error body in JSON or XML; None when it is neither."""
     if "xml" in response.headers.get("content-type", ""):
         parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
@@ -54,7 +54,7 @@ def _error_fields(response: httpx.Response) -> tuple[object, object] | None:
     return body.get("error"), body.get("message")
 
 
-def issues_of(response: httpx.Response) -> list[UpstreamIssue]:
+def issues_of(response: UpstreamResponse) -> list[UpstreamIssue]:
     """EHRbase's error body as upstream issues (an empty list when the body is not the usual shape)."""
     fields = _error_fields(response)
     if fields is None:
@@ -69,7 +69,7 @@ def issues_of(response: httpx.Response) -> list[UpstreamIssue]:
     ]
 
 
-def upstream_failure(response: httpx.Response, what: str) -> ApiError:
+def upstream_failure(response: UpstreamResponse, what: str) -> ApiError:
     """Map an EHRbase 4xx/5xx answer to the project's error (with EHRbase's message carried along)."""
     issues = issues_of(response) or None
     status = response.status_code

@@ -4,6 +4,9 @@ Every call goes through the shared resilience policy (:mod:`gateway.upstream.res
 client never follows a URL it did not build: a paging link from HAPI is checked against the
 configured base (``FHIR_SERVER_URL``) and reduced to HAPI's page id and offset, which the gateway
 then requests itself. HAPI's OperationOutcome issues are carried into the API's problems.
+
+The hot read path, :meth:`FhirClient.read_patient_raw`, checks HAPI's answer and hands its body bytes
+on unchanged (no re-serialisation); :meth:`FhirClient.read_patient` returns the parsed resource.
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
-import httpx
 from fastapi import Depends, Request
 
 from gateway.errors import (
@@ -28,6 +30,7 @@ from gateway.errors import (
 )
 from gateway.settings import FhirAuthMode, Settings
 from gateway.upstream.resilience import CONDITIONAL_CREATE_REPEATS, Upstream, UpstreamObserver
+from gateway.upstream.transport import AiohttpTransport, Credentials, UpstreamResponse
 
 FHIR_JSON = "application/fhir+json"
 STORE = "HAPI FHIR"
@@ -52,6 +55,19 @@ class FhirResource:
         return str(version) if version is not None else None
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class RawResource:
+    """A resource's body exactly as HAPI sent it (checked, not re-serialised), with its validators."""
+
+    content: bytes
+    etag: str | None
+    last_modified: str | None
+    version_id: str | None
+
+    def __repr__(self) -> str:  # the body is patient data: never in a repr
+        return f"RawResource({len(self.content)} bytes, version_id={self.version_id!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class PageRef:
     """Where HAPI keeps the rest of a search: its page id and the next offset (no URL)."""
@@ -68,7 +84,7 @@ class SearchPage:
     total: int | None
 
 
-def issues_of(response: httpx.Response) -> list[UpstreamIssue]:
+def issues_of(response: UpstreamResponse) -> list[UpstreamIssue]:
     """The issues of an OperationOutcome body (empty when the body is not one)."""
     try:
         body = response.json()
@@ -94,20 +110,16 @@ def _str(value: Any) -> str | None:
     return str(value)[:2000] if value is not None else None
 
 
-def _auth(settings: Settings) -> httpx.Auth | None:
+def _auth(settings: Settings) -> Credentials | None:
+    """The service credentials of ``FHIR_AUTH_MODE`` (basic or bearer), or None."""
     if settings.fhir_auth_mode is FhirAuthMode.basic:
         assert settings.fhir_username
         assert settings.fhir_password
-        return httpx.BasicAuth(settings.fhir_username, settings.fhir_password.get_secret_value())
-    return None
-
-
-def _headers(settings: Settings) -> dict[str, str]:
-    headers = {"Accept": FHIR_JSON}
+        return Credentials.basic(settings.fhir_username, settings.fhir_password.get_secret_value())
     if settings.fhir_auth_mode is FhirAuthMode.bearer:
         assert settings.fhir_bearer_token
-        headers["Authorization"] = f"Bearer {settings.fhir_bearer_token.get_secret_value()}"
-    return headers
+        return Credentials.bearer(settings.fhir_bearer_token.get_secret_value())
+    return None
 
 
 class FhirClient:
@@ -118,9 +130,10 @@ class FhirClient:
         settings: Settings,
         *,
         observer: UpstreamObserver | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: AiohttpTransport | None = None,
     ) -> None:
         self.base = settings.fhir_base
+        self._patient_url = f"{self.base}/Patient/"
         self._split = urlsplit(self.base)
         self.auth = _auth(settings)  # the service credentials (also used by the readiness probe)
         self.upstream = Upstream(
@@ -128,7 +141,7 @@ class FhirClient:
             display_name=STORE,
             settings=settings,
             observer=observer,
-            headers=_headers(settings),
+            headers={"Accept": FHIR_JSON},
             transport=transport,
             issues_of=issues_of,
         )
@@ -145,7 +158,7 @@ class FhirClient:
         """
         response = await self.upstream.request(
             "GET",
-            f"{self.base}/Patient/{patient_id}",
+            self._patient_url + quote(patient_id, safe=""),
             idempotent=True,
             operation="patient.read",
             auth=self.auth,
@@ -153,7 +166,39 @@ class FhirClient:
         self._raise_for_status(response, "patient.read")
         return self._resource(response, "Patient")
 
-    async def metadata(self) -> httpx.Response:
+    async def read_patient_raw(self, patient_id: str) -> RawResource:
+        """Read one Patient and return HAPI's body bytes unchanged (the hot read path).
+
+        The body is checked to be a JSON object with ``resourceType`` Patient and this ``id``; the
+        statuses mean what they mean for :meth:`read_patient`.
+
+        Raises:
+            NotFound: ``patient_not_found``. Gone: ``patient_deleted``. UpstreamError: bad answer.
+        """
+        response = await self.upstream.request(
+            "GET",
+            self._patient_url + quote(patient_id, safe=""),
+            idempotent=True,
+            operation="patient.read",
+            auth=self.auth,
+        )
+        self._raise_for_status(response, "patient.read")
+        body = self._json(response)
+        if body.get("resourceType") != "Patient":
+            raise UpstreamError(f"{STORE} sent a {body.get('resourceType')!r} where a Patient was expected.")
+        if body.get("id") != patient_id:
+            raise UpstreamError(f"{STORE} sent another Patient than the one asked for.")
+        meta = body.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        headers = response.headers
+        return RawResource(
+            response.content,
+            headers.get("ETag"),
+            headers.get("Last-Modified"),
+            str(version) if version is not None else None,
+        )
+
+    async def metadata(self) -> UpstreamResponse:
         """``GET /metadata`` (the readiness probe), returned as is."""
         return await self.upstream.request(
             "GET", f"{self.base}/metadata", idempotent=True, operation="metadata", auth=self.auth
@@ -167,7 +212,7 @@ class FhirClient:
             f"{self.base}/Patient",
             idempotent=True,
             operation="patient.search",
-            params=httpx.QueryParams(tuple(query)),
+            params=query,
             auth=self.auth,
         )
         self._raise_for_status(response, "patient.search")
@@ -175,14 +220,12 @@ class FhirClient:
 
     async def search_page(self, ref: PageRef) -> SearchPage:
         """The next page of an earlier search, requested by HAPI page id and offset (never a given URL)."""
-        params = httpx.QueryParams(
-            {
-                "_getpages": ref.search_id,
-                "_getpagesoffset": str(ref.offset),
-                "_count": str(ref.count),
-                "_bundletype": "searchset",
-            }
-        )
+        params = {
+            "_getpages": ref.search_id,
+            "_getpagesoffset": str(ref.offset),
+            "_count": str(ref.count),
+            "_bundletype": "searchset",
+        }
         response = await self.upstream.request(
             "GET", self.base, idempotent=True, operation="patient.search_page", params=params, auth=self.auth
         )
@@ -250,7 +293,7 @@ class FhirClient:
         """Update with ``If-Match``; a stale version becomes 412 ``version_conflict``."""
         response = await self.upstream.request(
             "PUT",
-            f"{self.base}/Patient/{patient_id}",
+            self._patient_url + quote(patient_id, safe=""),
             idempotent=True,  # guarded by If-Match
             operation="patient.update",
             headers={
@@ -279,7 +322,7 @@ class FhirClient:
             return None
 
     # --- interpretation -----------------------------------------------------------------------
-    def _raise_for_status(self, response: httpx.Response, operation: str) -> None:
+    def _raise_for_status(self, response: UpstreamResponse, operation: str) -> None:
         status = response.status_code
         if status < 400:
             return
@@ -296,7 +339,7 @@ class FhirClient:
             )
         raise UpstreamError(f"{STORE} answered HTTP {status} ({operation}).", upstream_issues=issues)
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
+    def _json(self, response: UpstreamResponse) -> dict[str, Any]:
         try:
             body = response.json()
         except ValueError:
@@ -305,7 +348,7 @@ class FhirClient:
             raise UpstreamError(f"{STORE} sent JSON that is not a resource.")
         return body
 
-    def _resource(self, response: httpx.Response, resource_type: str) -> FhirResource:
+    def _resource(self, response: UpstreamResponse, resource_type: str) -> FhirResource:
         body = self._json(response)
         if body.get("resourceType") != resource_type or not isinstance(body.get("id"), str):
             raise UpstreamError(
@@ -313,7 +356,7 @@ class FhirClient:
             )
         return FhirResource(body, response.headers.get("ETag"), response.headers.get("Last-Modified"))
 
-    def _page(self, response: httpx.Response) -> SearchPage:
+    def _page(self, response: UpstreamResponse) -> SearchPage:
         body = self._json(response)
         if body.get("resourceType") != "Bundle" or body.get("type") != "searchset":
             raise UpstreamError(

@@ -1,9 +1,10 @@
 """The resilience policy shared by every upstream client (HAPI FHIR, EHRbase).
 
-One :class:`Upstream` per store and process wraps one pooled ``httpx.AsyncClient`` and adds:
+One :class:`Upstream` per store and process wraps one pooled transport
+(:class:`gateway.upstream.transport.AiohttpTransport`) and adds:
 
-- **timeouts** from settings: connect, read, pool, and a bound on the total time of a call including
-  its retries (``UPSTREAM_TOTAL_TIMEOUT``);
+- **timeouts** from settings: connect and read (applied by the transport), and a bound on the total time
+  of a call including its retries (``UPSTREAM_TOTAL_TIMEOUT``);
 - **retries** with jittered exponential backoff (tenacity), only for calls the caller marks
   ``idempotent=True`` (GET, PUT with If-Match, create with If-None-Exist, writes carrying an
   idempotency key), only on transient failures (connection errors, timeouts, 429/502/503/504),
@@ -21,7 +22,11 @@ One :class:`Upstream` per store and process wraps one pooled ``httpx.AsyncClient
 - the **request id** of the current request sent as ``X-Request-ID``;
 - **metrics hooks**: an :class:`UpstreamObserver` told of every call, retry and breaker change.
 
-Credentials are passed per call as ``httpx.Auth`` objects and never logged.
+The first attempt is sent directly; the retry machinery is only brought in when an idempotent call
+failed transiently, so the common, successful call pays for none of it.
+
+Credentials are passed per call as :class:`~gateway.upstream.transport.Credentials` (a precomputed
+``Authorization`` value) and never logged.
 """
 
 from __future__ import annotations
@@ -31,24 +36,28 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
-import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-)
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from gateway.errors import UpstreamError, UpstreamIssue, UpstreamTimeout, UpstreamUnavailable
 from gateway.middleware import request_id_var
 from gateway.settings import Settings
+from gateway.upstream.transport import (
+    AiohttpTransport,
+    ConnectFailed,
+    Credentials,
+    TimedOut,
+    TooLarge,
+    TransportError,
+    UpstreamResponse,
+)
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -175,21 +184,21 @@ class CircuitBreaker:
             self._set(BreakerState.open)
 
 
-class _TooLarge(Exception):
-    """The response body exceeded the configured maximum (internal)."""
-
-
 @dataclass
 class _Transient(Exception):
     """An attempt failed in a way worth retrying (internal to the policy)."""
 
     kind: str  # "timeout" | "unreachable" | "broken" | "status"
-    response: httpx.Response | None = None
+    response: UpstreamResponse | None = None
     retry_after: float | None = None
 
 
+#: Query parameters: pairs (repeatable names, order kept) or a mapping.
+Params = Sequence[tuple[str, str]] | Mapping[str, str]
+
+
 class Upstream:
-    """One upstream store: pooled client, retries, breaker, error mapping, observer."""
+    """One upstream store: pooled transport, retries, breaker, error mapping, observer."""
 
     def __init__(
         self,
@@ -198,9 +207,9 @@ class Upstream:
         display_name: str,
         settings: Settings,
         observer: UpstreamObserver | None = None,
-        headers: dict[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        issues_of: Callable[[httpx.Response], list[UpstreamIssue]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: AiohttpTransport | None = None,
+        issues_of: Callable[[UpstreamResponse], list[UpstreamIssue]] | None = None,
     ) -> None:
         self.name = name
         self.issues_of = issues_of
@@ -208,31 +217,16 @@ class Upstream:
         self.attempts = settings.upstream_retry_attempts
         self.max_wait = settings.upstream_retry_max_wait
         self.total_timeout = settings.upstream_total_timeout
-        self.max_response_bytes = settings.upstream_max_response_bytes
         self.observer: UpstreamObserver = observer or NullObserver()
         self.breaker = CircuitBreaker(
             threshold=settings.breaker_failure_threshold,
             reset_seconds=settings.breaker_reset_seconds,
             on_change=lambda state: self.observer.on_breaker_state(self.name, state),
         )
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.upstream_connect_timeout,
-                read=settings.upstream_read_timeout,
-                write=settings.upstream_read_timeout,
-                pool=settings.upstream_connect_timeout,
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_keepalive,
-            ),
-            headers=headers,
-            transport=transport,
-            follow_redirects=False,
-        )
+        self.transport = transport or AiohttpTransport.from_settings(settings, headers=headers)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
     async def request(
         self,
@@ -241,122 +235,148 @@ class Upstream:
         *,
         idempotent: bool,
         operation: str,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         json: Any = None,
-        content: bytes | str | None = None,
-        params: httpx.QueryParams | dict[str, str] | None = None,
-        auth: httpx.Auth | None = None,
-    ) -> httpx.Response:
+        content: bytes | None = None,
+        params: Params | None = None,
+        auth: Credentials | None = None,
+    ) -> UpstreamResponse:
         """Send one logical call (several attempts when ``idempotent``) and return the response.
+
+        Args:
+            url: an absolute, percent-encoded URL (path segments quoted by the caller).
+            headers: this call's headers (the store's defaults are sent too).
+            json: a body to send as JSON (``Content-Type: application/json`` unless given).
+            content: a body already serialised (exclusive with ``json``).
+            params: query parameters, encoded here and appended to ``url``.
+            auth: the credentials of this call.
 
         Raises:
             UpstreamUnavailable: unreachable, or the breaker is open (503).
             UpstreamTimeout: no answer in time (504).
-            UpstreamError: a 5xx answer outlived the retries (502).
+            UpstreamError: a 5xx answer outlived the retries, the connection broke mid-answer, or the
+                body was over ``UPSTREAM_MAX_RESPONSE_BYTES`` (502).
         """
-        sent_headers = dict(headers or {})
-        request_id = request_id_var.get()
-        if request_id:
-            sent_headers.setdefault("X-Request-ID", request_id)
         deadline = time.monotonic() + self.total_timeout
+        if params:
+            url = f"{url}?{urlencode(params)}"
+        body = content
+        request_id = request_id_var.get()
+        sent: dict[str, str] | None = None
+        if headers or auth is not None or request_id or json is not None:
+            sent = dict(headers) if headers else {}
+            if auth is not None:
+                sent["Authorization"] = auth.header
+            if request_id:
+                sent.setdefault("X-Request-ID", request_id)
+            if json is not None:
+                body = orjson.dumps(json)
+                if not any(name.lower() == "content-type" for name in sent):
+                    sent["Content-Type"] = "application/json"
+        try:
+            return await self._attempt(method, url, sent, body, operation, deadline)
+        except _Transient as failure:
+            if not idempotent or self.attempts < 2 or time.monotonic() >= deadline:
+                raise self._as_problem(failure, operation) from None
+            first_failure = failure
+        return await self._retry(method, url, sent, body, operation, deadline, first_failure)
 
-        async def attempt() -> httpx.Response:
-            if not self.breaker.allow():
-                self.observer.on_call(self.name, operation, "breaker_open", 0.0)
-                raise UpstreamUnavailable(
-                    f"{self.display_name} is unavailable (circuit breaker open after repeated failures).",
-                    retry_after=self.breaker.retry_in(),
-                )
-            started = time.perf_counter()
-            remaining = max(0.001, deadline - time.monotonic())
-            try:
-                async with asyncio.timeout(remaining):
-                    response = await self._send(method, url, sent_headers, json, content, params, auth)
-            except (httpx.TimeoutException, TimeoutError):
-                self._failed(operation, "timeout", started)
-                raise _Transient("timeout") from None
-            except httpx.ConnectError:
-                self._failed(operation, "unreachable", started)
-                raise _Transient("unreachable") from None
-            except httpx.TransportError:
-                self._failed(operation, "broken", started)
-                raise _Transient("broken") from None
-            except _TooLarge:
-                self.breaker.record_success()
-                self.observer.on_call(self.name, operation, "too_large", time.perf_counter() - started)
-                raise UpstreamError(
-                    f"{self.display_name} sent a response over UPSTREAM_MAX_RESPONSE_BYTES ({operation}).",
-                    code="upstream_response_too_large",
-                ) from None
-            self.observer.on_call(
-                self.name, operation, str(response.status_code), time.perf_counter() - started
-            )
-            if response.status_code in BREAKER_STATUSES:
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()
-            if should_retry_status(response.status_code):
-                raise _Transient("status", response, parse_retry_after(response.headers.get("Retry-After")))
-            if response.status_code >= 500:  # a server error that another try will not mend
-                raise self._as_problem(_Transient("status", response), operation)
-            return response
+    async def _retry(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        body: bytes | None,
+        operation: str,
+        deadline: float,
+        first_failure: _Transient,
+    ) -> UpstreamResponse:
+        """Attempts 2..``attempts`` of an idempotent call whose first attempt failed transiently.
+
+        Waits as the first attempt's failure asks (``Retry-After`` or jittered backoff), then lets
+        tenacity repeat with the same waits; stops after ``UPSTREAM_RETRY_ATTEMPTS`` attempts in all, or
+        once a failure comes after the call's ``UPSTREAM_TOTAL_TIMEOUT``.
+        """
+        attempts = self.attempts
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             retry_after = error.retry_after if isinstance(error, _Transient) else None
-            return backoff_seconds(state.attempt_number, retry_after, self.max_wait)
+            return backoff_seconds(state.attempt_number + 1, retry_after, self.max_wait)
+
+        def stop(state: RetryCallState) -> bool:
+            return state.attempt_number + 1 >= attempts or time.monotonic() >= deadline
 
         def before_sleep(_state: RetryCallState) -> None:
             self.observer.on_retry(self.name, operation)
 
+        self.observer.on_retry(self.name, operation)
+        await asyncio.sleep(backoff_seconds(1, first_failure.retry_after, self.max_wait))
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(self.attempts if idempotent else 1)
-            | stop_after_delay(self.total_timeout),
+            stop=stop,
             wait=wait,
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
-            result: httpx.Response = await retrying(attempt)
+            result: UpstreamResponse = await retrying(
+                self._attempt, method, url, headers, body, operation, deadline
+            )
         except _Transient as failure:
             raise self._as_problem(failure, operation) from None
         return result
 
-    async def _send(
+    async def _attempt(
         self,
         method: str,
         url: str,
-        headers: dict[str, str],
-        json: Any,
-        content: bytes | str | None,
-        params: httpx.QueryParams | dict[str, str] | None,
-        auth: httpx.Auth | None,
-    ) -> httpx.Response:
-        """Send and read the body, refusing more than ``max_response_bytes`` (streamed, not buffered)."""
-        request = self.client.build_request(
-            method, url, headers=headers, json=json, content=content, params=params
-        )
-        response = await self.client.send(request, auth=auth, stream=True)
-        chunks: list[bytes] = []
+        headers: dict[str, str] | None,
+        body: bytes | None,
+        operation: str,
+        deadline: float,
+    ) -> UpstreamResponse:
+        """One attempt: breaker check, send, observe; a transient failure raises :class:`_Transient`."""
+        if not self.breaker.allow():
+            self.observer.on_call(self.name, operation, "breaker_open", 0.0)
+            raise UpstreamUnavailable(
+                f"{self.display_name} is unavailable (circuit breaker open after repeated failures).",
+                retry_after=self.breaker.retry_in(),
+            )
+        started = time.perf_counter()
         try:
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
-                raise _TooLarge
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_response_bytes:
-                    raise _TooLarge
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return httpx.Response(
-            response.status_code,
-            headers=[(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"],
-            content=b"".join(chunks),
-            request=request,
-        )
+            response = await self.transport.send(
+                method, url, headers=headers, body=body, time_left=max(0.001, deadline - time.monotonic())
+            )
+        except TimedOut:
+            self._failed(operation, "timeout", started)
+            raise _Transient("timeout") from None
+        except ConnectFailed:
+            self._failed(operation, "unreachable", started)
+            raise _Transient("unreachable") from None
+        except TooLarge:
+            self.breaker.record_success()
+            self.observer.on_call(self.name, operation, "too_large", time.perf_counter() - started)
+            raise UpstreamError(
+                f"{self.display_name} sent a response over UPSTREAM_MAX_RESPONSE_BYTES ({operation}).",
+                code="upstream_response_too_large",
+            ) from None
+        except TransportError:  # Broken
+            self._failed(operation, "broken", started)
+            raise _Transient("broken") from None
+        status = response.status_code
+        self.observer.on_call(self.name, operation, str(status), time.perf_counter() - started)
+        if status in BREAKER_STATUSES:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
+        if status < 429:  # the common case: nothing more to decide
+            return response
+        if should_retry_status(status):
+            raise _Transient("status", response, parse_retry_after(response.headers.get("Retry-After")))
+        if status >= 500:  # a server error that another try will not mend
+            raise self._as_problem(_Transient("status", response), operation)
+        return response
 
     def _failed(self, operation: str, outcome: str, started: float) -> None:
         self.breaker.record_failure()

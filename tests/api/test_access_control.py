@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from tests import fhir_payloads as hapi
 from tests.conftest import running_app
 from tests.factories import bearer_headers, create_user
+from tests.respx_transport import UPSTREAM
 
 
 @dataclass
@@ -49,7 +50,7 @@ async def env(
     async with running_app(make_settings(auth_database_url=pg_url)) as client:
         headers = await bearer_headers(client, "dr.access")
         admin = await bearer_headers(client, "admin.access")
-        with respx.mock(base_url=hapi.BASE, assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, base_url=hapi.BASE, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             yield Env(client, session_factory, headers, admin, clinician.id, mock)
 

@@ -27,6 +27,7 @@ from gateway.settings import Settings
 from tests import ehrbase_payloads as eb
 from tests.conftest import running_app
 from tests.factories import create_user
+from tests.respx_transport import UPSTREAM
 
 PATIENT = "p1001"
 OTHER_PATIENT = "p2002"
@@ -87,7 +88,7 @@ async def env(
         auth_method="bearer",
     )
     fhir = FakeFhir({PATIENT})
-    with respx.mock(base_url=eb.BASE, assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, base_url=eb.BASE, assert_all_called=False) as router:
         async with running_app(make_settings(auth_database_url=pg_url)) as client:
             app = client.app  # type: ignore[attr-defined]
             app.dependency_overrides[current_principal] = lambda: principal

@@ -27,6 +27,7 @@ from tests import fhir_payloads as hapi
 from tests import ops_payloads as ops
 from tests.conftest import running_app
 from tests.factories import create_user
+from tests.respx_transport import UPSTREAM
 
 PASSWORD = "Cl1nician-Pa55phrase-Zq8x"
 WRONG_PASSWORD = "Wr0ng-Guess-Kp4vTt"
@@ -100,7 +101,7 @@ async def test_no_line_per_request_above_debug(
 
 
 async def test_request_id_is_sent_upstream(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         route = router.get(f"{ops.FHIR_BASE}/metadata").mock(
             side_effect=lambda _r: ops.capability_statement()
         )
@@ -144,7 +145,7 @@ async def test_no_secret_or_patient_data_in_any_log_line(
         breaker_failure_threshold=100,
     )
     seen: dict[str, str] = {}
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         router.route(host="gateway.test").pass_through()
         router.get(f"{ops.FHIR_BASE}/metadata").mock(side_effect=lambda _r: ops.capability_statement())
         router.get(f"{ops.EHRBASE_BASE}/rest/status").mock(side_effect=lambda _r: ops.ehrbase_status())

@@ -15,6 +15,7 @@ from gateway.metrics import record_lockout, record_login_failure
 from gateway.settings import Settings
 from tests import ops_payloads as ops
 from tests.conftest import running_app
+from tests.respx_transport import UPSTREAM
 
 METRICS_TOKEN = "scrape-token-0123456789abcdef"
 
@@ -74,7 +75,7 @@ async def test_upstream_calls_retries_and_breaker_are_counted(
     sqlite_settings: Callable[..., Settings],
 ) -> None:
     settings = sqlite_settings(upstream_retry_attempts=2, breaker_failure_threshold=2)
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         router.get(f"{ops.FHIR_BASE}/metadata").mock(side_effect=httpx.ConnectError("refused"))
         async with running_app(settings) as client:
             before = (await client.get("/metrics")).text

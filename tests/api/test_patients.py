@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from tests import fhir_payloads as hapi
 from tests.conftest import running_app
 from tests.factories import bearer_headers, create_user
+from tests.respx_transport import UPSTREAM
 
 BASE = hapi.BASE
 
@@ -55,7 +56,7 @@ async def env(
     async with running_app(settings) as client:
         headers = await bearer_headers(client, "dr.who")
         other = await bearer_headers(client, "dr.other")
-        with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, base_url=BASE, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             yield Env(client, session_factory, headers, other, user.id, mock)
 

@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from gateway.settings import Settings
 from tests import ops_payloads as ops
 from tests.conftest import _admin_execute, running_app
+from tests.faults import closed_port
+from tests.respx_transport import UPSTREAM
 
 METADATA = f"{ops.FHIR_BASE}/metadata"
 STATUS = f"{ops.EHRBASE_BASE}/rest/status"
@@ -41,7 +43,7 @@ async def env(
     pg_engine: object, pg_url: str, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[ReadyEnv]:
     """An app on PostgreSQL whose FHIR and EHRbase answer until a test says otherwise."""
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         healthy_upstreams(router)
         settings = make_settings(auth_database_url=pg_url, ready_cache_seconds=0)
         async with running_app(settings) as client:
@@ -95,6 +97,29 @@ async def test_unreachable_upstream_is_named_and_recovers(env: ReadyEnv, url: st
     assert down(recovered.json()) == []
 
 
+async def test_a_store_on_a_closed_port_is_unreachable_and_the_error_shows_no_credentials(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    password = "fhir-password-that-must-not-leak"
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
+        healthy_upstreams(router)
+        router.route(host="127.0.0.1").pass_through()  # the real transport, to a real closed port
+        settings = make_settings(
+            auth_db_sqlite_path=tmp_path / "a.db",
+            ready_cache_seconds=0,
+            fhir_server_url=f"http://127.0.0.1:{closed_port()}/fhir",
+            fhir_auth_mode="basic",
+            fhir_username="svc",
+            fhir_password=password,
+        )
+        async with running_app(settings) as client:
+            response = await client.get("/ready")
+    assert response.status_code == 503
+    assert down(response.json()) == ["fhir"]
+    assert response.json()["checks"]["fhir"]["error"].startswith("unreachable (cannot connect")
+    assert password not in response.text
+
+
 @pytest.mark.parametrize(("url", "store"), [(METADATA, "fhir"), (STATUS, "ehrbase")])
 async def test_error_answer_is_down_with_its_status(env: ReadyEnv, url: str, store: str) -> None:
     env.router.get(url).mock(
@@ -120,7 +145,7 @@ async def test_slow_upstream_is_down_after_the_probe_timeout(
         await asyncio.sleep(5)
         return ops.ehrbase_status()
 
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         router.get(METADATA).mock(side_effect=HEALTHY[METADATA])
         router.get(STATUS).mock(side_effect=slow)
         settings = make_settings(auth_database_url=pg_url, ready_cache_seconds=0, ready_probe_timeout=0.1)
@@ -136,7 +161,7 @@ async def test_auth_db_on_a_closed_port_is_down_without_credentials_in_the_error
 ) -> None:
     secret = "db-password-that-must-not-leak"
     url = f"postgresql://gateway:{secret}@127.0.0.1:9/gateway_auth"
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         healthy_upstreams(router)
         async with running_app(make_settings(auth_database_url=url, ready_cache_seconds=0)) as client:
             response = await client.get("/ready")
@@ -152,7 +177,7 @@ async def test_auth_db_stopped_then_back(
 ) -> None:
     url = await asyncio.to_thread(fresh_pg_database)
     name = make_url(url).database
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         healthy_upstreams(router)
         async with running_app(make_settings(auth_database_url=url, ready_cache_seconds=0)) as client:
             assert (await client.get("/ready")).status_code == 200
@@ -171,7 +196,7 @@ async def test_auth_db_stopped_then_back(
 async def test_results_are_cached_between_calls(
     pg_engine: object, pg_url: str, make_settings: Callable[..., Settings]
 ) -> None:
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         metadata = router.get(METADATA).mock(side_effect=HEALTHY[METADATA])
         router.get(STATUS).mock(side_effect=HEALTHY[STATUS])
         settings = make_settings(auth_database_url=pg_url, ready_cache_seconds=3600)
@@ -185,7 +210,7 @@ async def test_results_are_cached_between_calls(
 
 
 async def test_ready_on_the_embedded_sqlite(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         healthy_upstreams(router)
         settings = make_settings(auth_db_sqlite_path=tmp_path / "a.db", ready_cache_seconds=0)
         async with running_app(settings) as client:
@@ -206,7 +231,7 @@ async def test_ready_on_the_embedded_sqlite(make_settings: Callable[..., Setting
 async def test_fhir_probe_sends_the_configured_credentials(
     make_settings: Callable[..., Settings], tmp_path: Path, overrides: dict[str, str], expected: str
 ) -> None:
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         healthy_upstreams(router)
         settings = make_settings(auth_db_sqlite_path=tmp_path / "a.db", ready_cache_seconds=0, **overrides)
         async with running_app(settings) as client:

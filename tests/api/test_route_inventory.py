@@ -32,6 +32,7 @@ from tests import ehrbase_payloads as eb
 from tests import fhir_payloads as hapi
 from tests.conftest import running_app
 from tests.factories import bearer_headers, create_user
+from tests.respx_transport import UPSTREAM
 
 PUBLIC = {
     ("GET", "/health"),
@@ -128,7 +129,7 @@ async def env(
     calls: list[httpx.Request] = []
     async with running_app(make_settings(auth_database_url=pg_url)) as client:
         headers = await bearer_headers(client, "dr.inventory")
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
 
             def record(

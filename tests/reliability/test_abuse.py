@@ -18,6 +18,7 @@ from tests.api.test_auth_totp import enrol
 from tests.conftest import running_app
 from tests.factories import DEFAULT_PASSWORD, bearer_headers, create_user
 from tests.reliability.conftest import PATIENT, Gateway
+from tests.respx_transport import UPSTREAM
 
 INJECTIONS = [
     "1001' OR '1'='1",
@@ -39,7 +40,7 @@ async def gw(gateway: Callable[..., Any]) -> AsyncIterator[Gateway]:
 class TestInjection:
     @pytest.mark.parametrize("value", INJECTIONS)
     async def test_patient_ids_never_reach_an_upstream(self, gw: Gateway, value: str) -> None:
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             fhir = mock.route(host="fhir.test").respond(200, json={})
             ehrbase = mock.route(host="ehrbase.test").respond(200, json={})
@@ -56,7 +57,7 @@ class TestInjection:
             sent.append(body)
             return httpx.Response(200, json=eb.result_set(body["q"], eb.LETTER_COLUMNS, [], 0, 10))
 
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             mock.post(f"{eb.BASE}/query/aql").mock(side_effect=aql)
             response = await gw.client.get(
@@ -97,7 +98,7 @@ class TestInjection:
     async def test_odd_letter_ids_are_refused_without_an_upstream_call(
         self, gw: Gateway, letter_id: str
     ) -> None:
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             fhir = mock.route(host="fhir.test").respond(200, json={})
             ehrbase = mock.route(host="ehrbase.test").respond(200, json={})

@@ -17,6 +17,7 @@ from gateway.settings import Settings
 from tests.conftest import running_app
 from tests.factories import bearer_headers, create_user
 from tests.faults import TcpProxy
+from tests.respx_transport import UPSTREAM
 
 
 async def test_auth_db_loss_and_recovery(
@@ -27,7 +28,7 @@ async def test_auth_db_loss_and_recovery(
     async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         settings = make_settings(auth_database_url=proxied, auth_db_pool_timeout=2, ready_cache_seconds=0)
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             mock.get("http://fhir.test/fhir/metadata").respond(
                 200, json={"resourceType": "CapabilityStatement"}

@@ -19,6 +19,7 @@ from tests import ehrbase_payloads as eb
 from tests import fhir_payloads as hapi
 from tests.conftest import running_app
 from tests.factories import bearer_headers, create_user
+from tests.respx_transport import UPSTREAM
 
 NEW_PATIENT = "2002"
 
@@ -55,7 +56,7 @@ async def test_fifty_concurrent_first_letters_create_one_ehr(
     settings = make_settings(auth_database_url=pg_url, auth_db_pool_size=20, auth_db_max_overflow=40)
     async with running_app(settings) as client:
         headers = await bearer_headers(client, "dr.busy")
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             mock.get(f"{hapi.BASE}/Patient/{NEW_PATIENT}").mock(
                 return_value=hapi.resource_response(hapi.patient(NEW_PATIENT))

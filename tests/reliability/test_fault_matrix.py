@@ -1,8 +1,9 @@
 """Fault matrix: each upstream fault on each kind of call gives the documented problem, with retries only
 for idempotent calls, and never an unaudited PHI access.
 
-Real sockets for connection refused (a closed port), read timeout (a server that never answers) and a
-reset mid-body; respx for status codes, bodies and client-side timeouts.
+Real sockets for connection refused (a closed port), read timeout (a server that never answers), a
+reset mid-body and a body over ``UPSTREAM_MAX_RESPONSE_BYTES`` (the transport enforces the limit);
+respx, at the transport boundary, for status codes, bodies and transport errors.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import respx
 
 from tests import ehrbase_payloads as eb
 from tests import fhir_payloads as hapi
-from tests.faults import ResettingServer, SilentServer, closed_port
+from tests.faults import CannedServer, ResettingServer, SilentServer, closed_port
 from tests.reliability.conftest import PATIENT
+from tests.respx_transport import UPSTREAM
 
 LETTER = {"title": "Clinic letter", "body": "Reviewed today.", "status": "draft"}
 
@@ -39,13 +41,6 @@ RESPX_FAULTS: list[tuple[str, Any, int, str, int]] = [
         "upstream_bad_response",
         1,
     ),
-    (
-        "huge",
-        httpx.Response(200, content=b" " * 200_000, headers={"Content-Type": "application/json"}),
-        502,
-        "upstream_response_too_large",
-        1,
-    ),
 ]
 
 
@@ -63,7 +58,7 @@ class TestFhirFaults:
         self, gateway: Callable[..., Any], fault: str, answer: Any, status: int, code: str, attempts: int
     ) -> None:
         async with gateway(upstream_max_response_bytes=65_536) as gw:
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 route = mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(**_answer(answer))
                 response = await gw.client.get(f"/patients/{PATIENT}", headers=gw.headers)
@@ -77,7 +72,7 @@ class TestFhirFaults:
 
     async def test_read_wrong_resource_type(self, gateway: Callable[..., Any]) -> None:
         async with gateway() as gw:
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(
                     return_value=httpx.Response(200, json={"resourceType": "OperationOutcome", "id": PATIENT})
@@ -103,11 +98,23 @@ class TestFhirFaults:
             assert (response.status_code, response.json()["code"]) == expected
             assert server.connections == 3  # idempotent: retried
 
+    async def test_read_over_the_size_limit(self, gateway: Callable[..., Any]) -> None:
+        async with (
+            CannedServer.http(200, b" " * 200_000, {"Content-Type": "application/json"}) as server,
+            gateway(fhir_server_url=f"{server.url}/fhir", upstream_max_response_bytes=65_536) as gw,
+        ):
+            response = await gw.client.get(f"/patients/{PATIENT}", headers=gw.headers)
+            assert response.status_code == 502, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "upstream_response_too_large"
+            assert server.requests == 1  # not retried
+            assert [e.outcome for e in await gw.audit("patient.read")] == []
+
     async def test_conditional_create_is_retried_and_registers_once(
         self, gateway: Callable[..., Any]
     ) -> None:
         async with gateway() as gw:
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 route = mock.post(f"{hapi.BASE}/Patient").mock(
                     side_effect=[httpx.Response(503), hapi.resource_response(hapi.patient("2001"), 201)]
@@ -126,7 +133,7 @@ class TestFhirFaults:
         async with gateway(
             breaker_failure_threshold=2, breaker_reset_seconds=0.3, upstream_retry_attempts=1
         ) as gw:
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 fhir = mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(return_value=httpx.Response(503))
 
@@ -165,13 +172,24 @@ class TestEhrbaseFaults:
         self, gateway: Callable[..., Any], fault: str, answer: Any, status: int, code: str, attempts: int
     ) -> None:
         async with gateway(upstream_max_response_bytes=65_536) as gw:
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 route = mock.post(f"{eb.BASE}/query/aql").mock(**_answer(answer))
                 response = await gw.client.get(f"/patients/{PATIENT}/letters", headers=gw.headers)
             assert response.status_code == status, response.text
             assert response.json()["code"] == code
             assert route.call_count == attempts
+            assert all(e.outcome != "success" for e in await gw.audit("letter.list"))
+
+    async def test_list_over_the_size_limit(self, gateway: Callable[..., Any]) -> None:
+        async with (
+            CannedServer.http(200, b" " * 200_000, {"Content-Type": "application/json"}) as server,
+            gateway(ehrbase_url=f"{server.url}/ehrbase", upstream_max_response_bytes=65_536) as gw,
+        ):
+            response = await gw.client.get(f"/patients/{PATIENT}/letters", headers=gw.headers)
+            assert response.status_code == 502, response.text
+            assert response.json()["code"] == "upstream_response_too_large"
+            assert server.requests == 1  # not retried
             assert all(e.outcome != "success" for e in await gw.audit("letter.list"))
 
     @pytest.mark.parametrize(
@@ -187,7 +205,7 @@ class TestEhrbaseFaults:
         self, gateway: Callable[..., Any], answer: Any, status: int
     ) -> None:
         async with gateway() as gw:
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(
                     return_value=hapi.resource_response(hapi.patient())
@@ -218,7 +236,7 @@ class TestEhrbaseFaults:
 
         async with gateway() as gw:
             headers = {**gw.headers, "Idempotency-Key": "letter-7f3a9c"}
-            with respx.mock(assert_all_called=False) as mock:
+            with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
                 mock.route(host="gateway.test").pass_through()
                 mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(
                     return_value=hapi.resource_response(hapi.patient())
@@ -235,7 +253,7 @@ class TestEhrbaseFaults:
 
 async def test_an_ehrbase_500_carries_its_message(gateway: Callable[..., Any]) -> None:
     async with gateway() as gw:
-        with respx.mock(assert_all_called=False) as mock:
+        with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
             mock.route(host="gateway.test").pass_through()
             mock.post(f"{eb.BASE}/query/aql").mock(return_value=eb.error(500, "Could not execute query"))
             response = await gw.client.get(f"/patients/{PATIENT}/letters", headers=gw.headers)

@@ -33,6 +33,7 @@ from tests import ehrbase_payloads as eb
 from tests import fhir_payloads as hapi
 from tests.factories import DEFAULT_PASSWORD, create_user
 from tests.faults import closed_port
+from tests.respx_transport import UPSTREAM
 
 #: No 5xx; bodies, headers, content types and status codes as the OpenAPI declares. (Schemathesis's
 #: positive/negative data checks are left out: business rules such as an NHS number's check digit or a
@@ -105,7 +106,7 @@ def served(
     port = closed_port()
     app = create_app(make_settings(auth_database_url=pg_url, log_level="WARNING"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    with respx.mock(assert_all_called=False) as mock:
+    with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
         mock.route(host="127.0.0.1").pass_through()
         _upstreams(mock)
         thread = threading.Thread(target=server.run, daemon=True)

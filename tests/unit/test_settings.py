@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     for name in list(os.environ):
         if name.startswith(
-            ("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_", "POSTGRES_", "COOKIE_", "TOTP_")
+            ("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_", "POSTGRES_", "COOKIE_", "TOTP_", "UPSTREAM_")
         ) or name in {"DATABASE_URL"}:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -84,6 +85,35 @@ def test_legacy_variables_in_dotenv_file_are_refused(tmp_path: Path) -> None:
         load_settings()
     assert "POSTGRES_USER" in str(info.value)
     assert "EHRBASE_USER" in str(info.value)
+
+
+def test_the_retired_keepalive_cap_is_ignored_with_a_warning_naming_its_replacement(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("UPSTREAM_MAX_KEEPALIVE", "0")
+    with caplog.at_level(logging.WARNING, logger="gateway.settings"):
+        settings = load_settings()
+    assert settings.upstream_keepalive_seconds == 15
+    [record] = [r for r in caplog.records if r.name == "gateway.settings"]
+    assert record.levelno == logging.WARNING
+    assert "UPSTREAM_MAX_KEEPALIVE" in record.getMessage()
+    assert "UPSTREAM_KEEPALIVE_SECONDS" in record.getMessage()
+
+
+def test_the_retired_keepalive_cap_in_the_dotenv_file_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / ".env").write_text("UPSTREAM_MAX_KEEPALIVE=20\nUPSTREAM_KEEPALIVE_SECONDS=5\n")
+    with caplog.at_level(logging.WARNING, logger="gateway.settings"):
+        settings = load_settings()
+    assert settings.upstream_keepalive_seconds == 5
+    assert "UPSTREAM_MAX_KEEPALIVE is no longer read" in caplog.text
+
+
+def test_no_warning_without_retired_variables(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.settings"):
+        load_settings()
+    assert not [r for r in caplog.records if r.name == "gateway.settings"]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 from gateway.errors import Conflict, NotFound, PreconditionFailed, UnprocessableEntity, UpstreamError
 from gateway.upstream.ehrbase_errors import issues_of, strip_etag, upstream_failure
 from tests import ehrbase_payloads as eb
+from tests.respx_transport import upstream_response
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ from tests import ehrbase_payloads as eb
     ],
 )
 def test_status_mapping(status: int, kind: type[Exception]) -> None:
-    error = upstream_failure(eb.error(status, "some text"), "letter")
+    error = upstream_failure(upstream_response(eb.error(status, "some text")), "letter")
     assert type(error) is kind
     assert error.upstream_issues is not None
     assert error.upstream_issues[0].diagnostics == "some text"
@@ -30,14 +31,15 @@ def test_status_mapping(status: int, kind: type[Exception]) -> None:
 
 def test_unexpected_status_is_a_bad_upstream_response() -> None:
     error = upstream_failure(
-        httpx.Response(401, json={"error": "Unauthorized", "message": "Bad credentials"}), "EHR"
+        upstream_response(httpx.Response(401, json={"error": "Unauthorized", "message": "Bad credentials"})),
+        "EHR",
     )
     assert error.status == 502
 
 
 def test_a_non_json_error_body_gives_no_issues() -> None:
-    assert issues_of(httpx.Response(502, text="<html>Bad Gateway</html>")) == []
-    assert issues_of(httpx.Response(500, json=["not", "a", "map"])) == []
+    assert issues_of(upstream_response(httpx.Response(502, text="<html>Bad Gateway</html>"))) == []
+    assert issues_of(upstream_response(httpx.Response(500, json=["not", "a", "map"]))) == []
 
 
 @pytest.mark.parametrize(

@@ -27,17 +27,17 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-@respx.mock
-def test_sync_prints_what_it_did(cli_env: None) -> None:
-    respx.post(TEMPLATE_URL).mock(return_value=httpx.Response(201))
+def test_sync_prints_what_it_did(cli_env: None, upstream_mock: respx.MockRouter) -> None:
+    upstream_mock.post(TEMPLATE_URL).mock(return_value=httpx.Response(201))
     result = CliRunner().invoke(app, ["templates", "sync"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "gateway.clinical_letter.v1: created"
 
 
-@respx.mock
-def test_sync_failure_shows_ehrbase_message_and_exits_1(cli_env: None) -> None:
-    respx.post(TEMPLATE_URL).mock(
+def test_sync_failure_shows_ehrbase_message_and_exits_1(
+    cli_env: None, upstream_mock: respx.MockRouter
+) -> None:
+    upstream_mock.post(TEMPLATE_URL).mock(
         return_value=eb.xml_error(400, "Supplied template has nil or empty concept")
     )
     result = CliRunner().invoke(app, ["templates", "sync"])
