@@ -102,8 +102,9 @@ async def search_patients(
     response_class=JSONResponse,
     responses={200: _RESOURCE_RESPONSE, **problem_responses(401, 403, 404, 410, 422, 502, 503, 504)},
 )
-async def read_patient(access: Reader, fhir: FhirDep, audit: AuditDep) -> JSONResponse:
-    resource = await fhir.read_patient(access.patient_id)
+async def read_patient(access: Reader, fhir: FhirDep, audit: AuditDep) -> Response:
+    """The Patient exactly as HAPI FHIR sent it (checked to be this Patient, not re-serialised)."""
+    resource = await fhir.read_patient_raw(access.patient_id)
     await audit.record(
         action="patient.read",
         outcome=Outcome.success,
@@ -112,7 +113,12 @@ async def read_patient(access: Reader, fhir: FhirDep, audit: AuditDep) -> JSONRe
         break_glass=access.break_glass,
         details={"version": resource.version_id},
     )
-    return _resource_response(resource)
+    headers = {}
+    if resource.version_id:
+        headers["ETag"] = f'W/"{resource.version_id}"'
+    if resource.last_modified:
+        headers["Last-Modified"] = resource.last_modified
+    return Response(resource.content, media_type="application/json", headers=headers)
 
 
 @router.post(

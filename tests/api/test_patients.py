@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,36 @@ class TestRead:
         assert response.json()["name"][0]["family"] == "Chalmers"
         (event,) = await env.audit("patient.read")
         assert (event.outcome, event.patient_id) == ("success", "1001")
+
+    async def test_read_hands_on_hapis_bytes_unchanged(self, env: Env) -> None:
+        await env.link()
+        # HAPI's own formatting (pretty-printed, its key order, an extension the gateway knows nothing of)
+        raw = json.dumps(
+            {
+                **hapi.patient(),
+                "extension": [{"url": "http://example.org/fhir/ext", "valueString": "ünïcode ✓"}],
+            },
+            indent=2,
+            ensure_ascii=False,
+        ).encode()
+        env.mock.get("/Patient/1001").mock(
+            return_value=httpx.Response(
+                200, content=raw, headers={"Content-Type": hapi.FHIR_JSON, "ETag": 'W/"1"'}
+            )
+        )
+        response = await env.client.get("/patients/1001", headers=env.headers)
+        assert response.status_code == 200
+        assert response.content == raw
+        assert response.headers["content-type"] == "application/json"
+
+    async def test_a_different_patient_from_hapi_is_never_handed_on(self, env: Env) -> None:
+        await env.link()
+        env.mock.get("/Patient/1001").mock(return_value=hapi.resource_response(hapi.patient(pid="2002")))
+        response = await env.client.get("/patients/1001", headers=env.headers)
+        assert response.status_code == 502
+        assert response.json()["code"] == "upstream_bad_response"
+        assert "Chalmers" not in response.text
+        assert await env.audit("patient.read") == []
 
     @pytest.mark.parametrize(
         ("answer", "status", "code"),
