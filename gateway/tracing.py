@@ -1,4 +1,4 @@
-"""Optional OpenTelemetry tracing of FastAPI requests and httpx upstream calls.
+"""Optional OpenTelemetry tracing of FastAPI requests and the upstream calls (aiohttp client).
 
 Off unless ``TRACING_ENABLED=true``. Needs the ``tracing`` extra
 (``uv sync --extra tracing``); the OpenTelemetry packages are imported only here and only then.
@@ -21,7 +21,7 @@ REQUIRED_MODULES = (
     "opentelemetry.sdk.trace",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.instrumentation.fastapi",
-    "opentelemetry.instrumentation.httpx",
+    "opentelemetry.instrumentation.aiohttp_client",
 )
 
 
@@ -34,7 +34,10 @@ def tracing_available() -> bool:
 
 
 def setup_tracing(app: FastAPI, settings: Settings) -> bool:
-    """Instrument ``app`` and every httpx client when tracing is enabled and installed.
+    """Instrument ``app`` and every aiohttp client session when tracing is enabled and installed.
+
+    The upstream transports create their sessions on first use, after this has run, so their calls to
+    HAPI FHIR and EHRbase are traced (span names carry the method; URLs carry no credentials).
 
     Returns:
         True when instrumentation was installed.
@@ -51,8 +54,8 @@ def setup_tracing(app: FastAPI, settings: Settings) -> bool:
     from opentelemetry.instrumentation.fastapi import (  # type: ignore[import-not-found, unused-ignore]
         FastAPIInstrumentor,
     )
-    from opentelemetry.instrumentation.httpx import (  # type: ignore[import-not-found, unused-ignore]
-        HTTPXClientInstrumentor,
+    from opentelemetry.instrumentation.aiohttp_client import (  # type: ignore[import-not-found, unused-ignore]
+        AioHttpClientInstrumentor,
     )
     from opentelemetry.sdk.resources import Resource  # type: ignore[import-not-found, unused-ignore]
     from opentelemetry.sdk.trace import TracerProvider  # type: ignore[import-not-found, unused-ignore]
@@ -68,6 +71,6 @@ def setup_tracing(app: FastAPI, settings: Settings) -> bool:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="health,ready,metrics")
-    HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
     logger.info("OpenTelemetry tracing enabled")
     return True
