@@ -230,6 +230,18 @@ async def test_an_audit_batch_is_written_whole(db: Db) -> None:
     assert rows[0].occurred_at.tzinfo is not None
 
 
+async def test_a_single_audit_row_is_written(db: Db) -> None:
+    await db.store.insert_audit([audit_row("only", details=None, resource_ids=None, reason="x" * 1000)])
+    async with db.factory() as session:
+        [row] = list(await session.exec(select(AuditEvent)))
+    assert (row.request_id, row.details, row.resource_ids, len(row.reason or "")) == ("only", None, None, 1000)
+
+
+async def test_a_refused_single_row_raises(db: Db) -> None:
+    with pytest.raises(HotStoreUnavailable):
+        await db.store.insert_audit([audit_row("bad", action=None)])
+
+
 async def test_an_audit_batch_with_one_bad_row_writes_nothing(db: Db) -> None:
     with pytest.raises(HotStoreUnavailable):
         await db.store.insert_audit([audit_row("good"), audit_row("bad", action=None)])
