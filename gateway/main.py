@@ -26,6 +26,7 @@ from gateway.middleware import GatewayMiddleware
 from gateway.openehr.templates import sync_at_startup
 from gateway.security.authz import Authoriser, watch_authorisation_changes
 from gateway.security.principal import Role
+from gateway.security.tokens import AccessTokenVerifier
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.tracing import setup_tracing
 from gateway.upstream.ehrbase import create_ehrbase_client
@@ -114,8 +115,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="One API for patient demographics (HAPI FHIR) and clinical letters (EHRbase).",
         lifespan=_lifespan(settings),
+        # FastAPI's own OpenTelemetry hooks look up the global providers on every request; tracing, when
+        # enabled, is set up explicitly by gateway.tracing instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.token_verifier = AccessTokenVerifier(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     if settings.metrics_enabled:

@@ -46,6 +46,26 @@ DOCS_CSP = (
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 
 
+def _security_header_set(docs: bool, hsts: bool) -> list[tuple[bytes, bytes]]:
+    result = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", (DOCS_CSP if docs else API_CSP).encode()),
+    ]
+    if not docs:
+        result.append((b"cache-control", b"no-store"))
+    if hsts:
+        result.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+    return result
+
+
+#: The security headers of a response, by (documentation page?, HSTS?), built once.
+_SECURITY_HEADERS = {
+    (docs, hsts): _security_header_set(docs, hsts) for docs in (False, True) for hsts in (False, True)
+}
+
+
 def accept_request_id(value: str | None) -> str:
     """The client's request id if it is well-formed, else a new one (no header injection possible)."""
     if value and _REQUEST_ID_RE.fullmatch(value):
@@ -135,18 +155,7 @@ class GatewayMiddleware:
             request_id_var.reset(token)
 
     def _security_headers(self, path: str, https: bool) -> list[tuple[bytes, bytes]]:
-        docs = path.startswith(DOCS_PATHS)
-        result = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"x-frame-options", b"DENY"),
-            (b"content-security-policy", (DOCS_CSP if docs else API_CSP).encode()),
-        ]
-        if not docs:
-            result.append((b"cache-control", b"no-store"))
-        if self.hsts and https:
-            result.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
-        return result
+        return _SECURITY_HEADERS[(path.startswith(DOCS_PATHS), self.hsts and https)]
 
     async def _too_large(self, send: Send, request_id: str, path: str) -> None:
         problem = {

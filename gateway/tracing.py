@@ -51,11 +51,11 @@ def setup_tracing(app: FastAPI, settings: Settings) -> bool:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found, unused-ignore]
         OTLPSpanExporter,
     )
-    from opentelemetry.instrumentation.fastapi import (  # type: ignore[import-not-found, unused-ignore]
-        FastAPIInstrumentor,
-    )
     from opentelemetry.instrumentation.aiohttp_client import (  # type: ignore[import-not-found, unused-ignore]
         AioHttpClientInstrumentor,
+    )
+    from opentelemetry.instrumentation.fastapi import (  # type: ignore[import-not-found, unused-ignore]
+        FastAPIInstrumentor,
     )
     from opentelemetry.sdk.resources import Resource  # type: ignore[import-not-found, unused-ignore]
     from opentelemetry.sdk.trace import TracerProvider  # type: ignore[import-not-found, unused-ignore]

@@ -32,7 +32,7 @@ from gateway.security.csrf import check_csrf, cookie_names
 from gateway.security.passwords import PasswordService
 from gateway.security.principal import Permission, Principal, Role
 from gateway.security.sessions import load_session_user
-from gateway.security.tokens import InvalidToken, decode_access_token
+from gateway.security.tokens import AccessTokenVerifier, InvalidToken
 from gateway.security.totp import TotpCipher
 from gateway.system_settings import effective_system_setting, get_system_setting
 
@@ -79,8 +79,9 @@ async def authenticated_principal(
         if not cookie:
             raise NotAuthenticated("Sign in or present a bearer token.")
         token, method = cookie, "cookie"
+    verifier: AccessTokenVerifier = request.app.state.token_verifier
     try:
-        claims = decode_access_token(settings, token)
+        claims = verifier.verify(token)
     except InvalidToken as exc:
         if str(exc) == "ExpiredSignatureError":
             raise NotAuthenticated(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
+from cachetools import LRUCache
 
 from gateway.security.keys import derive_key
 from gateway.settings import Settings
@@ -83,6 +85,33 @@ def decode_access_token(settings: Settings, token: str) -> AccessClaims:
         )
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise InvalidToken(type(exc).__name__) from None
+
+
+class AccessTokenVerifier:
+    """:func:`decode_access_token` with a bounded memo of the tokens this process has already verified.
+
+    A token string and the key decide the outcome of the signature, algorithm, issuer, audience and type
+    checks once and for all, so a token seen before is not verified again until its ``exp``; after that
+    it goes through :func:`decode_access_token` (which applies the leeway and says ``token_expired``).
+    Only tokens that passed are remembered; one verifier per app (its settings hold the key).
+    """
+
+    def __init__(self, settings: Settings, *, max_entries: int = 4096) -> None:
+        self.settings = settings
+        self._verified: LRUCache[str, tuple[float, AccessClaims]] = LRUCache(maxsize=max_entries)
+
+    def verify(self, token: str) -> AccessClaims:
+        """The claims of a valid access token.
+
+        Raises:
+            InvalidToken: as :func:`decode_access_token`.
+        """
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[0]:
+            return known[1]
+        claims = decode_access_token(self.settings, token)
+        self._verified[token] = (claims.expires_at.timestamp(), claims)
+        return claims
 
 
 def new_refresh_token() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.security.keys import derive_key
 from gateway.security.tokens import (
+    AccessTokenVerifier,
     InvalidToken,
     decode_access_token,
     hash_token,
@@ -74,3 +76,39 @@ def test_refresh_tokens_are_random_and_hashed() -> None:
     assert hash_token(first) != first
     assert len(hash_token(first)) == 64
     assert hash_token(first) == hash_token(first)
+
+
+def test_the_verifier_remembers_only_valid_tokens(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    verifier = AccessTokenVerifier(settings)
+    user, family = uuid.uuid4(), uuid.uuid4()
+    token, _ = issue_access_token(settings, user_id=user, session_family=family, now=datetime.now(UTC))
+    first, again = verifier.verify(token), verifier.verify(token)
+    assert first == again == decode_access_token(settings, token)
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    foreign, _ = issue_access_token(
+        make_settings(gateway_secret_key="another-secret-key-0123456789abcdefghijklmnop"),
+        user_id=user,
+        session_family=family,
+        now=datetime.now(UTC),
+    )
+    for bad in (forged, foreign, forged):
+        with pytest.raises(InvalidToken):
+            verifier.verify(bad)
+
+
+def test_a_remembered_token_is_refused_once_expired(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(access_token_ttl_seconds=30)
+    verifier = AccessTokenVerifier(settings)
+    # expired 8 s ago: still inside decoding's 10 s leeway for about 2 s more
+    expires = int(time.time()) - 8
+    token, _ = issue_access_token(
+        settings,
+        user_id=uuid.uuid4(),
+        session_family=uuid.uuid4(),
+        now=datetime.fromtimestamp(expires - 30, UTC),
+    )
+    verifier.verify(token)
+    time.sleep(max(0.0, expires + 10.2 - time.time()))
+    with pytest.raises(InvalidToken, match="ExpiredSignatureError"):
+        verifier.verify(token)
