@@ -122,14 +122,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.token_verifier = AccessTokenVerifier(settings)
     install_error_handlers(app)
+    # Routes are matched in this order, one after the other: the PHI routes every page view uses come
+    # first, right after the probes.
     app.include_router(health.router)
+    app.include_router(patients.router)
+    app.include_router(letters.router)
     if settings.metrics_enabled:
         app.include_router(metrics_api.router)
     app.include_router(auth.router)
     app.include_router(users.router)
     app.include_router(settings_api.router)
-    app.include_router(patients.router)
-    app.include_router(letters.router)
     app.include_router(break_glass.router)
     app.include_router(care_team.me_router)
     app.include_router(care_team.admin_router)
