@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Path, Request
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,7 +23,7 @@ from auth_db.types import utcnow
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep
 from gateway.errors import Forbidden
-from gateway.security.deps import FHIR_ID_PATTERN, Relationship, require
+from gateway.security.deps import FHIR_ID_PATTERN, CurrentPrincipal, Relationship, check_permission
 
 __all__ = ["FHIR_ID_PATTERN", "PatientAccess", "PatientIdPath", "grant_care_team", "patient_access"]
 from gateway.security.principal import Permission, Principal
@@ -102,11 +102,9 @@ def patient_access(permission: Permission, action: str) -> Callable[..., Awaitab
     """
 
     async def dependency(
-        request: Request,
-        patient_id: PatientIdPath,
-        principal: Annotated[Principal, Depends(require(permission))],
-        audit: AuditDep,
+        request: Request, patient_id: PatientIdPath, principal: CurrentPrincipal, audit: AuditDep
     ) -> PatientAccess:
+        check_permission(principal, permission)
         found: Relationship | None = getattr(request.state, "relationship", None)
         if found is None or found.user_id != principal.user_id or found.patient_id != patient_id:
             found = await _ask(request, principal.user_id, patient_id)

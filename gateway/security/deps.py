@@ -23,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.hotpath import REQUIRE_2FA_KEY, AuthzRow, HotStoreUnavailable
 from auth_db.types import utcnow
-from gateway.audit import Outcome
+from gateway.audit import AuditLog, Outcome
 from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
 from gateway.errors import AuthDatabaseUnavailable, Forbidden, NotAuthenticated
 from gateway.security.authn import Authenticator, ClientInfo
@@ -34,6 +34,7 @@ from gateway.security.principal import Permission, Principal, Role
 from gateway.security.sessions import load_session_user
 from gateway.security.tokens import AccessTokenVerifier, InvalidToken
 from gateway.security.totp import TotpCipher
+from gateway.settings import Settings
 from gateway.system_settings import effective_system_setting, get_system_setting
 
 logger = logging.getLogger("gateway.security")
@@ -51,10 +52,7 @@ bearer_scheme = OAuth2PasswordBearer(
 
 
 async def authenticated_principal(
-    request: Request,
-    settings: SettingsDep,
-    audit: AuditDep,
-    bearer: Annotated[str | None, Depends(bearer_scheme)],
+    request: Request, bearer: Annotated[str | None, Depends(bearer_scheme)]
 ) -> Principal:
     """The authenticated user, including accounts that must first change their password or enrol TOTP.
 
@@ -71,6 +69,9 @@ async def authenticated_principal(
             ``X-CSRF-Token`` header.
         AuthDatabaseUnavailable: the auth database did not answer (503).
     """
+    # Read from the app's state directly (not as dependencies of their own): this runs on every request.
+    state = request.app.state
+    settings: Settings = state.settings
     method: Literal["bearer", "cookie"]
     if bearer:
         token, method = bearer, "bearer"
@@ -79,7 +80,7 @@ async def authenticated_principal(
         if not cookie:
             raise NotAuthenticated("Sign in or present a bearer token.")
         token, method = cookie, "cookie"
-    verifier: AccessTokenVerifier = request.app.state.token_verifier
+    verifier: AccessTokenVerifier = state.token_verifier
     try:
         claims = verifier.verify(token)
     except InvalidToken as exc:
@@ -87,14 +88,17 @@ async def authenticated_principal(
             raise NotAuthenticated(
                 "The access token has expired; refresh it.", code="token_expired"
             ) from None
-        await audit.record(action="auth.token_rejected", outcome=Outcome.denied, reason=str(exc))
+        audit: AuditLog = state.audit
+        await audit.for_request(request).record(
+            action="auth.token_rejected", outcome=Outcome.denied, reason=str(exc)
+        )
         raise NotAuthenticated("The access token is not valid.", code="invalid_token") from None
     if method == "cookie":
         check_csrf(request, settings)
     patient_id = request.path_params.get("patient_id")
     if patient_id is not None and not FHIR_ID.fullmatch(patient_id):
         patient_id = None  # not a patient id at all: the route's own validation answers 422
-    authoriser: Authoriser = request.app.state.authoriser
+    authoriser: Authoriser = state.authoriser
     try:
         row = await authoriser.check(
             user_id=claims.user_id, family_id=claims.session_family, patient_id=patient_id
@@ -201,12 +205,21 @@ current_user = current_principal
 CurrentUser = CurrentPrincipal
 
 
+def check_permission(principal: Principal, permission: Permission) -> None:
+    """Refuse a principal without ``permission``.
+
+    Raises:
+        Forbidden: ``permission_denied``.
+    """
+    if not principal.has(permission):
+        raise Forbidden(f"This needs the '{permission}' permission.", code="permission_denied")
+
+
 def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that passes the principal through when it holds ``permission``, else 403."""
 
     async def dependency(principal: CurrentPrincipal) -> Principal:
-        if not principal.has(permission):
-            raise Forbidden(f"This needs the '{permission}' permission.", code="permission_denied")
+        check_permission(principal, permission)
         return principal
 
     dependency.__name__ = f"require_{permission.name}"
