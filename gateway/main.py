@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from auth_db import migrate
 from auth_db.engine import create_autocommit_session_factory, create_engine, create_session_factory
 from auth_db.hotpath import create_hot_store
 from gateway.api import audit, auth, break_glass, care_team, health, letters, patients, users
@@ -23,7 +22,6 @@ from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
 from gateway.metrics import PrometheusObserver, install_observer, observe_audit_batch
 from gateway.middleware import GatewayMiddleware
-from gateway.openehr.templates import sync_at_startup
 from gateway.security.authz import Authoriser, watch_authorisation_changes
 from gateway.security.principal import Role
 from gateway.security.tokens import AccessTokenVerifier
@@ -53,6 +51,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             pool_timeout=settings.auth_db_pool_timeout,
         )
         if settings.auto_migrate:
+            from auth_db import migrate  # Alembic is imported only where it runs (about 10 MB per worker)
+
             await asyncio.to_thread(migrate.upgrade, url)
             logger.info("auth database migrated to the latest revision")
         hot_store = create_hot_store(
@@ -83,6 +83,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         install_observer(app.state.fhir, observer)
         install_observer(app.state.ehrbase, observer)
         if settings.ehrbase_sync_templates_on_startup:
+            from gateway.openehr.templates import sync_at_startup  # lxml only where templates are read
+
             await sync_at_startup(app.state.ehrbase)
         try:
             yield

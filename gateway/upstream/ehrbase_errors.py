@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-from lxml import etree
-
 from gateway.errors import (
     ApiError,
     Conflict,
@@ -39,6 +37,8 @@ class CompositionGone(ApiError):
 def _error_fields(response: UpstreamResponse) -> tuple[object, object] | None:
     """``(error, message)`` of an EHRbase error body in JSON or XML; None when it is neither."""
     if "xml" in response.headers.get("content-type", ""):
+        from lxml import etree  # imported on first use: only the template endpoints answer XML
+
         parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
         try:
             root = etree.fromstring(response.content, parser)
