@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
 from gateway.api.letter_schemas import Author, LetterAmend, LetterOut, LetterPage, LetterSummary, LetterWrite
-from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
+from gateway.deps import AuditDep
 from gateway.errors import ServiceUnavailable, problem_responses
 from gateway.openehr.aql import LetterSummary as SummaryRow
 from gateway.security.access import PatientAccess, patient_access
@@ -20,7 +20,6 @@ from gateway.security.principal import Permission
 from gateway.services.ehr import PatientReader
 from gateway.services.idempotency import KEY_PATTERN
 from gateway.services.letters import LetterService, StoredLetter
-from gateway.upstream.ehrbase import EhrbaseDep
 
 router = APIRouter(prefix="/patients/{patient_id}/letters", tags=["letters"])
 UPSTREAM = (502, 503, 504)
@@ -40,14 +39,17 @@ async def get_patient_reader(request: Request) -> PatientReader:
 
 
 async def get_letter_service(
-    settings: SettingsDep,
-    factory: SessionFactoryDep,
-    ehrbase: EhrbaseDep,
-    fhir: Annotated[PatientReader, Depends(get_patient_reader)],
-    audit: AuditDep,
+    request: Request, fhir: Annotated[PatientReader, Depends(get_patient_reader)], audit: AuditDep
 ) -> LetterService:
-    """The letter use-cases bound to this request."""
-    return LetterService(settings=settings, factory=factory, ehrbase=ehrbase, fhir=fhir, audit=audit)
+    """The letter use-cases bound to this request (settings, sessions and EHRbase client from the app)."""
+    state = request.app.state
+    return LetterService(
+        settings=state.settings,
+        factory=state.session_factory,
+        ehrbase=state.ehrbase,
+        fhir=fhir,
+        audit=audit,
+    )
 
 
 Letters = Annotated[LetterService, Depends(get_letter_service)]
