@@ -2,6 +2,10 @@
 
 set dotenv-load := false
 
+# `python3 -m uv run just …` works where `pip install uv` left uv off PATH: uv tells its children where it
+# is (UV), and the recipes (which call `uv run`) find it there.
+export PATH := if env("UV", "") == "" { env("PATH") } else { parent_directory(env("UV")) + ":" + env("PATH") }
+
 # List the recipes
 default:
     @just --list
@@ -10,7 +14,8 @@ default:
 dev *args:
     uv run gateway serve --reload {{args}}
 
-# Run the whole test suite (PostgreSQL tests need TEST_AUTH_DATABASE_URL or pg_ctl; see docs/development.md)
+# Run the whole test suite (PostgreSQL tests: TEST_AUTH_DATABASE_URL, or a throwaway server started from the
+# installed PostgreSQL binaries; see docs/development.md)
 test *args:
     uv run pytest {{args}}
 
