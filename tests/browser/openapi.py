@@ -19,7 +19,7 @@ from gateway.settings import Settings
 
 def openapi_document() -> dict[str, object]:
     """The OpenAPI document of an app with default settings (no environment, no ``.env``)."""
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     document: dict[str, object] = create_app(settings).openapi()
     return document
 
