@@ -215,7 +215,7 @@ function homePage(): void {
             ),
         )
       : null;
-    const total = page.total !== null && page.total !== undefined ? ` of ${page.total}` : "";
+    const total = page.total !== null && page.total !== undefined ? ` (${page.total} patients in all)` : "";
     results.replaceChildren(h("h3", {}, `Page ${number}${total}`), h("ul", {}, ...rows), next ?? "");
   };
   search.addEventListener("submit", (event) => {
