@@ -206,14 +206,19 @@ export class Gateway {
     patientId: string,
     letter: LetterWrite,
     idempotencyKey: string,
-  ): Promise<Versioned<Letter> & { location: string }> {
+  ): Promise<Versioned<Letter> & { location: string; replayed: boolean }> {
     const { data, response } = await this.send(() =>
       this.http.POST("/patients/{patient_id}/letters", {
         params: { path: { patient_id: patientId }, header: { "Idempotency-Key": idempotencyKey } },
         body: letter,
       }),
     );
-    return { value: data, etag: etagOf(response), location: response.headers.get("Location") ?? "" };
+    return {
+      value: data,
+      etag: etagOf(response),
+      location: response.headers.get("Location") ?? "",
+      replayed: response.headers.get("Idempotent-Replayed") === "true",
+    };
   }
 
   async readLetter(patientId: string, letterId: string): Promise<Versioned<Letter>> {

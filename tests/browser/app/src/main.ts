@@ -382,7 +382,8 @@ function writeForm(patientId: string, slot: HTMLElement, written: () => Promise<
       const saved = await gateway.writeLetter(patientId, letter, key);
       pending = null;
       form.reset();
-      slot.replaceChildren(notice(`Letter saved (version ${saved.etag}).`));
+      const again = saved.replayed ? " It had reached the gateway before: it was not written twice." : "";
+      slot.replaceChildren(notice(`Letter saved (version ${saved.etag}).${again}`));
       await written();
     } catch (error) {
       const unsure =
