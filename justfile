@@ -2,6 +2,10 @@
 
 set dotenv-load := false
 
+# `python3 -m uv run just …` works where `pip install uv` left uv off PATH: uv tells its children where it
+# is (UV), and the recipes (which call `uv run`) find it there.
+export PATH := if env("UV", "") == "" { env("PATH") } else { parent_directory(env("UV")) + ":" + env("PATH") }
+
 # List the recipes
 default:
     @just --list
@@ -10,7 +14,8 @@ default:
 dev *args:
     uv run gateway serve --reload {{args}}
 
-# Run the whole test suite (PostgreSQL tests need TEST_AUTH_DATABASE_URL or pg_ctl; see docs/development.md)
+# PostgreSQL tests use TEST_AUTH_DATABASE_URL, else start a throwaway server from the installed binaries.
+# Run the whole test suite (see docs/development.md)
 test *args:
     uv run pytest {{args}}
 
@@ -75,6 +80,21 @@ e2e *args:
 # Stop the end-to-end servers left running by `E2E_KEEP=1 just e2e` (add --wipe to delete their data)
 e2e-down *args:
     bash tests/e2e/infra/down.sh {{args}}
+
+# Starts the upstreams like `just e2e` (E2E_KEEP=1 leaves them running); args go to `playwright test`.
+# Browser suite: the reference web client in headless Chromium against the real stack (screenshots: var/browser/)
+browser *args:
+    bash tests/browser/run.sh {{args}}
+
+# Regenerate the reference web client's TypeScript types from the OpenAPI document (after an API change)
+web-types:
+    uv run python -m tests.browser.openapi var/browser/openapi.json
+    cd tests/browser && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run --silent api:generate
+
+# Serve the reference web client on http://localhost:5173 for a gateway (CORS_ALLOW_ORIGINS must list it)
+web gateway="http://localhost:8000" port="5173":
+    cd tests/browser && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run --silent build
+    cd tests/browser && BROWSER_GATEWAY_URL={{gateway}} BROWSER_WEB_PORT={{port}} node serve.mjs
 
 # A longer schemathesis run against the app's own OpenAPI (examples per operation: FUZZ_EXAMPLES, default 200)
 fuzz examples="200":

@@ -272,7 +272,12 @@ def install_error_handlers(app: FastAPI) -> None:
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries declaring problem+json bodies for the given statuses."""
     return {
-        status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": _describe(status)}
+        status: {
+            "model": Problem,
+            # The schema under the media type actually sent, so generated clients type error bodies.
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "description": _describe(status),
+        }
         for status in statuses
     }
 

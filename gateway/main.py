@@ -152,7 +152,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-CSRF-Token",
                 "X-Request-ID",
             ],
-            expose_headers=["ETag", "Location", "Last-Modified", "X-Request-ID", "Retry-After"],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "Last-Modified",
+                "X-Request-ID",
+                "Retry-After",
+                "Idempotent-Replayed",
+            ],
         )
     app.add_middleware(
         GatewayMiddleware,

@@ -107,6 +107,15 @@ SYSTEM_SETTINGS: dict[str, SettingDefinition] = _registry(
         maximum=30 * 24 * 60,
     ),
     SettingDefinition(
+        "refresh_reuse_grace_seconds",
+        "int",
+        5,
+        "A refresh token presented again this many seconds after it was used (two tabs refreshing at "
+        "once) gets the same successor instead of ending the session; 0 disables the grace.",
+        minimum=0,
+        maximum=60,
+    ),
+    SettingDefinition(
         "lockout_threshold",
         "int",
         5,
@@ -177,6 +186,7 @@ USER_SETTINGS: dict[str, SettingDefinition] = _registry(
 IntSystemKey = Literal[
     "session_idle_timeout_minutes",
     "session_absolute_lifetime_minutes",
+    "refresh_reuse_grace_seconds",
     "lockout_threshold",
     "lockout_ip_threshold",
     "lockout_window_minutes",

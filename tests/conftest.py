@@ -1,19 +1,27 @@
 """Shared fixtures: a real PostgreSQL auth database (migrated once per run), settings, the app client.
 
-PostgreSQL comes from ``TEST_AUTH_DATABASE_URL`` (a server URL whose user may create databases;
-``.ci/postgres.sh start`` prints one) or, for a non-root user with PostgreSQL installed, from
-pytest-postgresql's throwaway server. Without either, PostgreSQL tests skip locally and fail
-under ``CI=true``.
+PostgreSQL comes, in this order, from ``TEST_AUTH_DATABASE_URL`` (a server URL whose user may create
+databases; ``.ci/postgres.sh start`` prints one), from pytest-postgresql's throwaway server (a non-root
+user with ``pg_ctl`` on ``PATH``), or from a throwaway server this run starts itself with
+``.ci/postgres.sh`` whenever PostgreSQL's server binaries are installed (Debian keeps them off ``PATH``;
+as root it runs as the ``postgres`` user), on a port and in a data directory of its own, stopped and
+deleted at the end of the run. Without any of these, PostgreSQL tests skip locally and fail under
+``CI=true``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,18 +58,91 @@ def _can_spawn_postgres() -> bool:
     return os.geteuid() != 0 and (shutil.which("pg_ctl") is not None)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+#: Ports a self-started server may take: outside Linux's ephemeral range, clear of the e2e (25432) and
+#: `.ci/postgres.sh` (25433) defaults.
+OWN_PG_PORTS = range(25440, 25500)
+
+
+def postgres_bindir() -> Path | None:
+    """Where PostgreSQL's server binaries are (``pg_config --bindir``, else Debian's directories)."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(found.stdout.strip()))
+    candidates += sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
+    )
+    return next(
+        (path for path in candidates if (path / "pg_ctl").exists() and (path / "initdb").exists()), None
+    )
+
+
+def _can_start_own_postgres() -> bool:
+    if postgres_bindir() is None:
+        return False
+    if os.geteuid() != 0:
+        return True
+    try:
+        pwd.getpwnam("postgres")  # as root the server runs as this user
+    except KeyError:
+        return False
+    return shutil.which("runuser") is not None
+
+
+def _free_port(ports: range) -> int:
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} for a throwaway PostgreSQL")
+
+
+@contextmanager
+def own_postgres() -> Iterator[str]:
+    """Start a throwaway PostgreSQL with ``.ci/postgres.sh`` (also as root); yield its server URL."""
+    # As root the postgres user must reach it: not under a private /tmp; mkdtemp makes it 0700 anyway.
+    base = "/var/tmp" if os.geteuid() == 0 else None  # noqa: S108
+    datadir = Path(tempfile.mkdtemp(prefix="gateway-pytest-pg-", dir=base))
+    env = {**os.environ, "TEST_PG_PORT": str(_free_port(OWN_PG_PORTS)), "TEST_PG_DIR": str(datadir)}
+    script = str(ROOT / ".ci" / "postgres.sh")
+    try:
+        started = subprocess.run(
+            ["bash", script, "start"], env=env, capture_output=True, text=True, check=False
+        )
+        if started.returncode != 0:
+            raise RuntimeError(f"could not start a throwaway PostgreSQL:\n{started.stderr[-2000:]}")
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines() if "=" in line
+        )
+        yield exports["TEST_AUTH_DATABASE_URL"]
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, check=False)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server_url(request: pytest.FixtureRequest) -> str:
+def pg_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A URL of a PostgreSQL server where the tests may create databases."""
     url = os.environ.get("TEST_AUTH_DATABASE_URL")
     if url:
-        return url
+        yield url
+        return
     if _can_spawn_postgres():
         proc = request.getfixturevalue("postgresql_proc")
-        return f"postgresql://{proc.user}:{proc.password}@{proc.host}:{proc.port}/postgres"
+        yield f"postgresql://{proc.user}:{proc.password}@{proc.host}:{proc.port}/postgres"
+        return
+    if _can_start_own_postgres():
+        with own_postgres() as url:
+            yield url
+        return
     message = (
-        'PostgreSQL tests need a server: run `eval "$(bash .ci/postgres.sh start)"` '
-        "(sets TEST_AUTH_DATABASE_URL) or install PostgreSQL and run as a non-root user"
+        "PostgreSQL tests need a server: install PostgreSQL's server binaries (Debian: apt-get install "
+        'postgresql), or run `eval "$(bash .ci/postgres.sh start)"` (sets TEST_AUTH_DATABASE_URL)'
     )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)

@@ -79,7 +79,10 @@ async def list_audit(
     summary="Stream matching events as FHIR R4 AuditEvent resources (NDJSON)",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/fhir+ndjson": {}}, "description": "One AuditEvent per line."},
+        200: {
+            "content": {"application/fhir+ndjson": {"schema": {"type": "string"}}},
+            "description": "One AuditEvent per line.",
+        },
         **problem_responses(401, 403, 422),
     },
 )

@@ -5,9 +5,11 @@ See ``docs/auth.md`` for the flows, cookie and header names, and every error cod
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Form, Request, Response, status
+from pydantic import BaseModel, Field
 
 from auth_db.types import utcnow
 from gateway.api.account_schemas import (
@@ -30,13 +32,13 @@ from gateway.api.account_schemas import (
 )
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
-from gateway.errors import ApiError, Forbidden, problem_responses
+from gateway.errors import ApiError, Forbidden, NotAuthenticated, problem_responses
 from gateway.security.authn import Credentials, IssuedTokens, invalid_refresh_token
 from gateway.security.csrf import (
     check_csrf,
     clear_auth_cookies,
     cookie_names,
-    new_csrf_token,
+    session_csrf_token,
     set_auth_cookies,
 )
 from gateway.security.deps import (
@@ -69,7 +71,7 @@ async def me_of(session: SessionDep, principal: Principal) -> MeResponse:
 
 
 def _set_cookies(response: Response, settings: Settings, issued: IssuedTokens) -> str:
-    csrf = new_csrf_token()
+    csrf = session_csrf_token(settings, issued.session_family)
     refresh_age = max(1, int((issued.refresh_expires_at - utcnow()).total_seconds()))
     set_auth_cookies(
         response,
@@ -156,6 +158,29 @@ async def refresh(
     issued = await authenticator.refresh(cookie)
     csrf = _set_cookies(response, settings, issued)
     return RefreshResponse(expires_in=issued.expires_in, csrf_token=csrf)
+
+
+class CsrfToken(BaseModel):
+    """The CSRF token of the browser's session, for a tab that did not log in itself."""
+
+    csrf_token: str = Field(description="Send it as X-CSRF-Token on every POST/PUT/PATCH/DELETE.")
+
+
+#: The form of every CSRF token the gateway issues (43 characters of base64url).
+_CSRF_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+@router.get("/csrf", response_model=CsrfToken, responses=problem_responses(401))
+async def read_csrf_token(request: Request, settings: SettingsDep) -> CsrfToken:
+    """The session's CSRF token, from the CSRF cookie (see docs/frontend.md, several tabs).
+
+    A frontend on another host cannot read the gateway's cookies; a tab opened after the login asks
+    here instead. Only the frontend's own origin (``CORS_ALLOW_ORIGINS``) can read the answer.
+    """
+    cookie = request.cookies.get(cookie_names(settings).csrf, "")
+    if not _CSRF_TOKEN.fullmatch(cookie):
+        raise NotAuthenticated("There is no browser session; sign in.")
+    return CsrfToken(csrf_token=cookie)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(401, 403))

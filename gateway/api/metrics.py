@@ -12,7 +12,7 @@ import hmac
 from fastapi import APIRouter, Request, Response
 
 from gateway.deps import SettingsDep
-from gateway.errors import NotAuthenticated
+from gateway.errors import NotAuthenticated, problem_responses
 from gateway.metrics import CONTENT_TYPE_LATEST, render
 
 router = APIRouter(tags=["operations"])
@@ -30,8 +30,14 @@ def _token_matches(header: str | None, expected: str) -> bool:
     summary="Prometheus metrics (text exposition format)",
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
-        401: {"description": "METRICS_TOKEN is set and the bearer token is missing or wrong."},
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format.",
+        },
+        401: {
+            **problem_responses(401)[401],
+            "description": "METRICS_TOKEN is set and the bearer token is missing or wrong.",
+        },
     },
 )
 async def metrics(request: Request, settings: SettingsDep) -> Response:

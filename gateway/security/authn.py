@@ -21,6 +21,7 @@ from gateway.audit import Actor, AuditLog, Outcome
 from gateway.errors import NotAuthenticated
 from gateway.security import sessions as session_store
 from gateway.security import throttle
+from gateway.security.keys import derive_key
 from gateway.security.passwords import PasswordService
 from gateway.security.tokens import issue_access_token
 from gateway.security.totp import TotpCipher, use_recovery_code, verify_code
@@ -57,6 +58,9 @@ class IssuedTokens:
     refresh_token: str
     refresh_expires_at: datetime
 
+
+#: The purpose under which the key deriving successor refresh tokens is derived from the master secret.
+SUCCESSOR_KEY_PURPOSE = "refresh-successor"
 
 #: One failed login in this many also deletes stale throttle counters (``gateway users purge`` does all).
 PURGE_ONE_IN = 100
@@ -221,31 +225,54 @@ class Authenticator:
     async def refresh(self, refresh_token: str) -> IssuedTokens:
         """Rotate a refresh token: the old one is spent, a new pair is issued in the same session.
 
+        The same token presented again within ``refresh_reuse_grace_seconds`` (two tabs refreshing
+        at once) gets the successor already issued for it, with a new access token; it is audited
+        as ``auth.refresh`` with ``concurrent_replay: true``.
+
         Raises:
-            NotAuthenticated: ``invalid_refresh_token``. A token that was already used revokes its
-                whole session family (an ``auth.refresh_reuse`` audit record is written).
+            NotAuthenticated: ``invalid_refresh_token``. A token that was already used, presented
+                after the grace, revokes its whole session family (an ``auth.refresh_reuse`` audit
+                record is written).
         """
         now = utcnow()
+        key = derive_key(self.settings, SUCCESSOR_KEY_PURPOSE)
         try:
-            async with transaction(self.factory) as session:
-                policy = await session_store.session_policy(session)
-                row, token = await session_store.rotate(session, refresh_token, policy=policy, now=now)
-                user = await session.get(User, row.user_id)
-                assert user is not None
-                access, ttl = issue_access_token(
-                    self.settings, user_id=user.id, session_family=row.family_id, now=now
-                )
+            try:
+                rotation, user = await self._rotate(refresh_token, key, now)
+            except session_store.RefreshRejected as rejected:
+                if rejected.reason != "concurrent refresh" or rejected.family_id is None:
+                    raise
+                # Without row locks (SQLite) a concurrent refresh can lose the claim; once the winner
+                # has committed, the token reads as used and this becomes a replay within the grace.
+                rotation, user = await self._rotate(refresh_token, key, now)
         except session_store.RefreshRejected as rejected:
             await self._refresh_rejected(rejected, now)
             raise invalid_refresh_token() from None
+        row = rotation.row
+        access, ttl = issue_access_token(
+            self.settings, user_id=user.id, session_family=row.family_id, now=now
+        )
         await self.audit.record(
             action="auth.refresh",
             outcome=Outcome.success,
             actor=Actor(user.id, user.username),
             target_type="session",
             target_id=str(row.family_id),
+            details={"concurrent_replay": True} if rotation.replayed else None,
         )
-        return IssuedTokens(user.id, user.username, row.family_id, access, ttl, token, row.expires_at)
+        return IssuedTokens(
+            user.id, user.username, row.family_id, access, ttl, rotation.token, row.expires_at
+        )
+
+    async def _rotate(
+        self, refresh_token: str, key: bytes, now: datetime
+    ) -> tuple[session_store.Rotation, User]:
+        async with transaction(self.factory) as session:
+            policy = await session_store.session_policy(session)
+            rotation = await session_store.rotate(session, refresh_token, policy=policy, key=key, now=now)
+            user = await session.get(User, rotation.row.user_id)
+            assert user is not None
+        return rotation, user
 
     async def _refresh_rejected(self, rejected: session_store.RefreshRejected, now: datetime) -> None:
         actor = Actor(rejected.user_id, None) if rejected.user_id else None

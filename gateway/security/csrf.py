@@ -4,24 +4,33 @@ After ``POST /auth/login`` the browser holds three cookies:
 
 * the access cookie (HttpOnly, path ``/``) with the short-lived access token;
 * the refresh cookie (HttpOnly, path ``/auth/refresh`` only) with the opaque refresh token;
-* the CSRF cookie (readable by JavaScript, path ``/``) with a random token.
+* the CSRF cookie (readable by JavaScript, path ``/``) with the session's CSRF token.
 
 Every unsafe request (POST, PUT, PATCH, DELETE) authenticated by the access cookie must send the
 CSRF token back in the ``X-CSRF-Token`` header; a cross-site page can make the browser send the
-cookies but cannot read the CSRF cookie to copy it into a header. With ``COOKIE_SECURE=true`` and
-no ``COOKIE_DOMAIN`` the names carry the ``__Host-`` prefix (``__Secure-`` for the refresh cookie,
-whose path is not ``/``), which browsers only accept from HTTPS for this exact host.
+cookies but cannot read the CSRF cookie to copy it into a header.
+
+The token is one per session: an HMAC of the session family id under a key derived from the master
+secret. Every refresh of a session sets the same value, so several tabs sharing the browser's
+cookies never hold a token the cookie no longer matches, while each login gets a new one.
+
+With ``COOKIE_SECURE=true`` and no ``COOKIE_DOMAIN`` the names carry the ``__Host-`` prefix
+(``__Secure-`` for the refresh cookie, whose path is not ``/``), which browsers only accept from a
+secure origin for this exact host.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
-import secrets
+import uuid
 from dataclasses import dataclass
 
 from fastapi import Request, Response
 
 from gateway.errors import Forbidden
+from gateway.security.keys import derive_key
 from gateway.settings import Settings
 
 CSRF_HEADER = "X-CSRF-Token"
@@ -47,9 +56,10 @@ def cookie_names(settings: Settings) -> CookieNames:
     return CookieNames("__Host-gw_access", "__Secure-gw_refresh", "__Host-gw_csrf")
 
 
-def new_csrf_token() -> str:
-    """A random CSRF token."""
-    return secrets.token_urlsafe(32)
+def session_csrf_token(settings: Settings, session_family: uuid.UUID) -> str:
+    """The CSRF token of a session: the same for every refresh of the family, unguessable without the key."""
+    digest = hmac.new(derive_key(settings, "csrf"), session_family.bytes, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def set_auth_cookies(

@@ -1,9 +1,16 @@
 """Login sessions in the auth database: refresh-token families, rotation, reuse detection, revocation.
 
 A login starts a *family*. Each refresh token is one ``session`` row of that family, stored as a
-SHA-256 hash. A refresh marks the presented row used (a conditional ``UPDATE … WHERE used_at IS
-NULL``, so of two concurrent refreshes with the same token at most one wins) and adds a new row.
-Presenting a token that was already used means it was copied: the whole family is revoked.
+SHA-256 hash. A refresh locks the presented row (``SELECT … FOR UPDATE`` on PostgreSQL), marks it
+used and adds its successor. The successor token is not random: it is derived from the presented
+token with a key only the gateway holds (HMAC-SHA256), so the database still keeps nothing but
+hashes, and yet the gateway can hand out the *same* successor again.
+
+That is what the reuse grace is for. Two tabs of one browser that refresh at the same moment
+present the same token; the second one, arriving within ``refresh_reuse_grace_seconds`` of the
+first use, gets the successor the first one got (following the chain if it has moved on since), so
+the family keeps exactly one live row and both tabs end up with the same cookies. A used token
+presented after the grace means it was copied: the whole family is revoked.
 
 A family is *alive* while its newest row is unused, unrevoked and unexpired; access tokens name
 their family (``sid``) and :func:`load_session_user` checks it on every request, so logout,
@@ -12,6 +19,9 @@ password change, disabling an account and reuse detection take effect immediatel
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,10 +38,12 @@ from gateway.system_settings import get_system_setting
 
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
-    """How long a session may stay idle, and how long it may live at most."""
+    """How long a session may stay idle, how long it may live at most, and the refresh reuse grace."""
 
     idle: timedelta
     absolute: timedelta
+    #: A used refresh token presented again within this interval gets its successor (0: never).
+    reuse_grace: timedelta = timedelta(0)
 
     def expiry(self, family_created_at: datetime, now: datetime) -> datetime:
         """When a refresh token issued ``now`` expires."""
@@ -39,10 +51,16 @@ class SessionPolicy:
 
 
 async def session_policy(session: AsyncSession) -> SessionPolicy:
-    """The policy from the system settings ``session_idle_timeout_minutes`` / ``…absolute_lifetime…``."""
+    """The policy from the system settings ``session_idle_timeout_minutes``, ``…absolute_lifetime…``
+    and ``refresh_reuse_grace_seconds``."""
     idle = await get_system_setting(session, "session_idle_timeout_minutes")
     absolute = await get_system_setting(session, "session_absolute_lifetime_minutes")
-    return SessionPolicy(idle=timedelta(minutes=idle), absolute=timedelta(minutes=absolute))
+    grace = await get_system_setting(session, "refresh_reuse_grace_seconds")
+    return SessionPolicy(
+        idle=timedelta(minutes=idle),
+        absolute=timedelta(minutes=absolute),
+        reuse_grace=timedelta(seconds=grace),
+    )
 
 
 def _rowcount(result: object) -> int:
@@ -101,27 +119,71 @@ async def find_by_token(session: AsyncSession, token: str) -> AuthSession | None
     return (await session.exec(statement)).first()
 
 
+def successor_token(key: bytes, token: str) -> str:
+    """The refresh token that follows ``token`` in its family: HMAC-SHA256 under ``key``, base64url.
+
+    Only the presented token (which the database never holds) and the gateway's key give it, so a
+    copy of the database cannot produce a successor, while a concurrent replay gets the same one.
+    """
+    digest = hmac.new(key, token.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """The live row and refresh token a refresh hands out."""
+
+    row: AuthSession
+    token: str
+    #: True when ``token`` was issued before: a concurrent replay within the reuse grace.
+    replayed: bool
+
+
+#: How many rotations a replay within the grace follows to reach the family's live row.
+MAX_REPLAY_CHAIN = 8
+
+
+async def _lock_by_token(session: AsyncSession, token: str) -> AuthSession | None:
+    """The row of ``token``, locked for this transaction (PostgreSQL) and read fresh."""
+    statement = (
+        select(AuthSession)
+        .where(AuthSession.refresh_token_hash == hash_token(token))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.exec(statement)).first()
+
+
 async def rotate(
-    session: AsyncSession, token: str, *, policy: SessionPolicy, now: datetime
-) -> tuple[AuthSession, str]:
+    session: AsyncSession, token: str, *, policy: SessionPolicy, key: bytes, now: datetime
+) -> Rotation:
     """Use ``token`` once and issue its successor in the same family.
 
+    The presented row is locked first, so concurrent refreshes with one token are decided one
+    after the other: the first rotates, and each later one is a replay. A replay within
+    ``policy.reuse_grace`` of the first use gets the family's live row and its token (the one
+    already issued; nothing is added, so exactly one row stays live and no limit is extended).
+
+    Args:
+        key: the gateway's key for :func:`successor_token`.
+
     Raises:
-        RefreshRejected: unknown, revoked, expired or already used (``reason="reuse"``; the caller
-            then revokes the family in a transaction of its own), or the account is disabled.
+        RefreshRejected: unknown, revoked or expired token, disabled account, or a used token
+            past the grace (``reason="reuse"``; the caller then revokes the family in a
+            transaction of its own).
     """
-    row = await find_by_token(session, token)
+    row = await _lock_by_token(session, token)
     if row is None:
         raise RefreshRejected("unknown token")
     if row.revoked_at is not None:
         raise RefreshRejected("session revoked", row)
-    if row.used_at is not None:
-        raise RefreshRejected("reuse", row)
-    if row.expires_at <= now:
-        raise RefreshRejected("session expired", row)
     user = await session.get(User, row.user_id)
     if user is None or not user.is_active:
         raise RefreshRejected("account disabled", row)
+    if row.used_at is not None:
+        return await _replay(session, row, token, policy=policy, key=key, now=now)
+    if row.expires_at <= now:
+        raise RefreshRejected("session expired", row)
     claimed = await session.exec(
         update(AuthSession)
         .where(
@@ -131,9 +193,9 @@ async def rotate(
         )
         .values(used_at=now)
     )
-    if _rowcount(claimed) != 1:
+    if _rowcount(claimed) != 1:  # only without row locks (SQLite): another refresh won
         raise RefreshRejected("concurrent refresh", row)
-    new_token = new_refresh_token()
+    new_token = successor_token(key, token)
     successor = AuthSession(
         family_id=row.family_id,
         user_id=row.user_id,
@@ -148,7 +210,30 @@ async def rotate(
         raise RefreshRejected("session expired", row)
     session.add(successor)
     await session.flush()
-    return successor, new_token
+    return Rotation(successor, new_token, replayed=False)
+
+
+async def _replay(
+    session: AsyncSession, row: AuthSession, token: str, *, policy: SessionPolicy, key: bytes, now: datetime
+) -> Rotation:
+    """A used token presented again: its family's live row within the grace, else reuse."""
+    assert row.used_at is not None
+    if policy.reuse_grace <= timedelta(0) or now - row.used_at > policy.reuse_grace:
+        raise RefreshRejected("reuse", row)
+    current = token
+    for _ in range(MAX_REPLAY_CHAIN):
+        current = successor_token(key, current)
+        following = await _lock_by_token(session, current)
+        if following is None or following.family_id != row.family_id:
+            # Issued under another key (GATEWAY_SECRET_KEY changed): nothing to hand out again.
+            raise RefreshRejected("concurrent refresh", row)
+        if following.revoked_at is not None:
+            raise RefreshRejected("session revoked", row)
+        if following.used_at is None:
+            if following.expires_at <= now:
+                raise RefreshRejected("session expired", row)
+            return Rotation(following, current, replayed=True)
+    raise RefreshRejected("concurrent refresh", row)
 
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID, *, reason: str, now: datetime) -> int:

@@ -41,6 +41,7 @@ PUBLIC = {
     ("POST", "/auth/login"),
     ("POST", "/auth/token"),
     ("POST", "/auth/refresh"),
+    ("GET", "/auth/csrf"),
     ("POST", "/auth/logout"),
 }
 PATIENT = "1001"
