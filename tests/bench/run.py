@@ -399,6 +399,8 @@ def profile_read(gateway_pid: int, spec: dict[str, Any]) -> None:
                 "record",
                 "--pid",
                 str(worker),
+                "--rate",
+                "250",
                 "--duration",
                 str(seconds),
                 "--format",
