@@ -83,7 +83,7 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Revoke a care-team link (effective on the user's next request) */
+        /** Revoke a care-team link (effective at once; on other workers within AUTHZ_CACHE_MS) */
         delete: operations["revoke_admin_care_team__link_id__delete"];
         options?: never;
         head?: never;
@@ -611,7 +611,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Read a patient (FHIR R4 Patient) */
+        /**
+         * Read a patient (FHIR R4 Patient)
+         * @description The Patient exactly as HAPI FHIR sent it (checked to be this Patient, not re-serialised).
+         */
         get: operations["read_patient_patients__patient_id__get"];
         /** Correct a patient (full update; needs If-Match) */
         put: operations["update_patient_patients__patient_id__put"];
