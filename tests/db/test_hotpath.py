@@ -234,7 +234,8 @@ async def test_a_single_audit_row_is_written(db: Db) -> None:
     await db.store.insert_audit([audit_row("only", details=None, resource_ids=None, reason="x" * 1000)])
     async with db.factory() as session:
         [row] = list(await session.exec(select(AuditEvent)))
-    assert (row.request_id, row.details, row.resource_ids, len(row.reason or "")) == ("only", None, None, 1000)
+    assert (row.request_id, row.details, row.resource_ids) == ("only", None, None)
+    assert len(row.reason or "") == 1000
 
 
 async def test_a_refused_single_row_raises(db: Db) -> None:
