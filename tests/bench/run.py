@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.bench import db_paths, stub
+from tests.bench import stub
 from tests.bench.report import (
     CLIENTS,
     lua_script,
@@ -580,10 +580,13 @@ def main() -> None:
             # 1-minute load average of the machine before and after the run (everything, not only the bench)
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
-        # the auth-DB side of a PHI request three ways (ORM as before, Core, raw psycopg), same server
-        db_rows = asyncio.run(db_paths.measure(server)) if "read" in ONLY else []
         write_outputs(OUT, results, rss, machine)
-        if db_rows:
+        # the auth-DB side of a PHI request three ways (ORM as before, Core, raw psycopg), same server;
+        # BENCH_DB_PATHS=0 skips it (e.g. when benchmarking an older checkout without auth_db.hotpath)
+        if "read" in ONLY and os.environ.get("BENCH_DB_PATHS", "1") != "0":
+            from tests.bench import db_paths
+
+            db_rows = asyncio.run(db_paths.measure(server))
             with (OUT / "results.md").open("a") as report:
                 report.write("\n## Auth-DB paths of a PHI request (same PostgreSQL, same run)\n\n")
                 report.write(db_paths.markdown(db_rows))
