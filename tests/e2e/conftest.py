@@ -131,7 +131,8 @@ def _gateway_env(database_url: str, namespace: str) -> dict[str, str]:
         # Outage scenario: see readiness and the breaker change within seconds, not the production 5 s/30 s.
         "READY_CACHE_SECONDS": "0",
         "BREAKER_RESET_SECONDS": "2",
-        "LOG_LEVEL": "INFO",
+        # DEBUG: the per-request access lines are written too, so the secrets check covers them
+        "LOG_LEVEL": "DEBUG",
         "PYTHONUNBUFFERED": "1",  # the log file is read while the gateway runs
         # Fast hashing: the suite logs in a handful of times, and hashing is not what it tests.
         "ARGON2_TIME_COST": "1",
