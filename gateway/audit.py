@@ -34,7 +34,8 @@ __all__ = ["Actor", "AuditLog", "AuditUnavailable", "Outcome"]
 
 logger = logging.getLogger("gateway.audit")
 
-#: Column widths of ``audit_event`` (longer values are cut, so one odd value cannot fail a whole batch).
+#: Column widths of ``audit_event`` (longer values are cut and NUL characters dropped, so that one odd value
+#: cannot fail the whole group-commit batch it travels in).
 _LIMITS = {
     "actor_username": 64,
     "action": 64,
@@ -47,6 +48,17 @@ _LIMITS = {
     "client_addr": 64,
     "request_id": 128,
 }
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` (JSON-like) with NUL characters dropped from every string in it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 class Outcome(StrEnum):
@@ -112,9 +124,14 @@ class AuditLog:
             "request_id": self.request_id,
             "details": details,
         }
+        for column in ("resource_ids", "details"):
+            if values[column] is not None:
+                values[column] = _without_nul(values[column])
         for column, limit in _LIMITS.items():
             value = values[column]
-            if value is not None and len(value) > limit:
+            if value is not None:
+                if "\x00" in value:  # PostgreSQL text cannot hold NUL; one such value must not fail a batch
+                    value = value.replace("\x00", "")
                 values[column] = value[:limit]
         return values
 

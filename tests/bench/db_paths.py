@@ -6,9 +6,9 @@ For the authorisation check (session alive, account active, roles, care-team lin
   autocommit sessions on SQLAlchemy's pool (with pre-ping), one ORM unit of work per audit row;
 - ``core``: the one authorisation statement and the audit batch through SQLAlchemy Core on the same
   engine (:class:`auth_db.hotpath.CoreHotStore`);
-- ``raw``: the same statement on a psycopg 3 async pool, and the audit batch as one ``INSERT`` (a single
-  row) or a ``COPY`` in one transaction (several) (:class:`auth_db.hotpath.PostgresHotStore`, what the
-  gateway uses on PostgreSQL).
+- ``raw``: the same statement on a psycopg 3 async pool, and the audit batch as one ``INSERT … SELECT FROM
+  json_populate_recordset`` whose one parameter is the batch as JSON
+  (:class:`auth_db.hotpath.PostgresHotStore`, what the gateway uses on PostgreSQL).
 
 Each is timed sequentially (latency) and with 16 concurrent callers (throughput and client CPU per call,
 ``time.process_time``). The audit insert is timed one row per call (``rows=1``) and as batches of 16.
@@ -148,9 +148,9 @@ async def measure(server_url: str) -> list[dict[str, Any]]:
             ("authorize raw psycopg", authorize(raw)),
             ("audit orm, 1 row (before)", orm_audit),
             ("audit core, 1 row", audit(core, 1)),
-            ("audit raw psycopg INSERT, 1 row", audit(raw, 1)),
+            ("audit raw psycopg JSON, 1 row", audit(raw, 1)),
             ("audit core, batch of 16", audit(core, 16)),
-            ("audit raw psycopg COPY, batch of 16", audit(raw, 16)),
+            ("audit raw psycopg JSON, batch of 16", audit(raw, 16)),
         ):
             figures = await timed(call, CALLS // 4 if "batch" in name else CALLS)
             results.append({"path": name, **figures})

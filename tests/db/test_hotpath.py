@@ -32,6 +32,7 @@ from auth_db.models import (
     User,
 )
 from auth_db.types import utcnow
+from gateway.audit import Actor, AuditLog
 from gateway.security import sessions
 from gateway.security.principal import Role
 from tests.factories import create_user
@@ -236,6 +237,27 @@ async def test_a_single_audit_row_is_written(db: Db) -> None:
         [row] = list(await session.exec(select(AuditEvent)))
     assert (row.request_id, row.details, row.resource_ids) == ("only", None, None)
     assert len(row.reason or "") == 1000
+
+
+async def test_rows_made_by_the_audit_log_survive_odd_values(db: Db) -> None:
+    log = AuditLog(db.factory, client_addr="203.0.113.7", request_id="odd-values")
+    odd = log.row(
+        action="auth.login_failed",
+        outcome="failure",
+        actor=Actor(None, "nul\x00name" + "x" * 100),
+        reason='line\nbreak, quote " and NUL \x00 end',
+        resource_ids=["a\x00b"],
+        details={"note": "nested \x00 too", "n": 1},
+    )
+    await db.store.insert_audit([odd, audit_row("plain")])
+    async with db.factory() as session:
+        rows = {row.request_id: row for row in await session.exec(select(AuditEvent))}
+    written = rows["odd-values"]
+    assert written.actor_username == ("nulname" + "x" * 100)[:64]
+    assert written.reason == 'line\nbreak, quote " and NUL  end'
+    assert written.details == {"note": "nested  too", "n": 1}
+    assert written.resource_ids == ["ab"]
+    assert "plain" in rows
 
 
 async def test_a_refused_single_row_raises(db: Db) -> None:
