@@ -22,6 +22,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.hotpath import REQUIRE_2FA_KEY, AuthzRow, HotStoreUnavailable
+from auth_db.models import SystemSetting
 from auth_db.types import utcnow
 from gateway.audit import AuditLog, Outcome
 from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
@@ -35,7 +36,7 @@ from gateway.security.sessions import load_session_user
 from gateway.security.tokens import AccessTokenVerifier, InvalidToken
 from gateway.security.totp import TotpCipher
 from gateway.settings import Settings
-from gateway.system_settings import effective_system_setting, get_system_setting
+from gateway.system_settings import effective_system_setting
 
 logger = logging.getLogger("gateway.security")
 
@@ -140,20 +141,19 @@ async def principal_for(
     if loaded is None:
         raise NotAuthenticated("This session has ended; sign in again.", code="session_ended")
     user, role_names = loaded
-    roles = frozenset(Role(name) for name in role_names if name in Role.__members__)
-    enrolment = False
-    if Role.admin in roles and not user.totp_enabled:
-        enrolment = await get_system_setting(session, "require_2fa_for_admins")
-    return Principal(
-        user_id=user.id,
+    stored = await session.get(SystemSetting, REQUIRE_2FA_KEY)
+    row = AuthzRow(
         username=user.username,
         display_name=user.display_name,
-        roles=roles,
-        session_id=family_id,
-        auth_method=method,
         must_change_password=user.must_change_password,
-        totp_enrolment_required=enrolment,
+        totp_enabled=user.totp_enabled,
+        roles=frozenset(name for name in role_names if name in Role.__members__),
+        require_2fa_for_admins=stored.value if stored is not None else None,
+        care_team=False,
+        break_glass=False,
+        ehr_id=None,
     )
+    return principal_from(row, user_id, family_id, method)
 
 
 def principal_from(

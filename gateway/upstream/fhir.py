@@ -156,6 +156,10 @@ class FhirClient:
         Raises:
             NotFound: ``patient_not_found``. Gone: ``patient_deleted``. UpstreamError: bad answer.
         """
+        return self._resource(await self._get_patient(patient_id), "Patient")
+
+    async def _get_patient(self, patient_id: str) -> UpstreamResponse:
+        """``GET /Patient/{id}``, its error statuses already turned into problems."""
         response = await self.upstream.request(
             "GET",
             self._patient_url + quote(patient_id, safe=""),
@@ -164,7 +168,7 @@ class FhirClient:
             auth=self.auth,
         )
         self._raise_for_status(response, "patient.read")
-        return self._resource(response, "Patient")
+        return response
 
     async def read_patient_raw(self, patient_id: str) -> RawResource:
         """Read one Patient and return HAPI's body bytes unchanged (the hot read path).
@@ -175,14 +179,7 @@ class FhirClient:
         Raises:
             NotFound: ``patient_not_found``. Gone: ``patient_deleted``. UpstreamError: bad answer.
         """
-        response = await self.upstream.request(
-            "GET",
-            self._patient_url + quote(patient_id, safe=""),
-            idempotent=True,
-            operation="patient.read",
-            auth=self.auth,
-        )
-        self._raise_for_status(response, "patient.read")
+        response = await self._get_patient(patient_id)
         body = self._json(response)
         if body.get("resourceType") != "Patient":
             raise UpstreamError(f"{STORE} sent a {body.get('resourceType')!r} where a Patient was expected.")

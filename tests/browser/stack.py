@@ -35,9 +35,9 @@ from types import FrameType
 from typing import Any
 
 import httpx
-import psycopg
 import pyotp
-from cryptography.fernet import Fernet
+
+from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_DB = "gateway_browser"
@@ -56,56 +56,6 @@ def nhs_number(rng: secrets.SystemRandom) -> str:
             check = 0
         if check != 10:
             return "".join(map(str, digits)) + str(check)
-
-
-def recreate_database(admin_url: str) -> str:
-    """Drop and create the suite's auth database; return its URL."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{AUTH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{AUTH_DB}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{AUTH_DB}"
-
-
-def gateway_env(database_url: str, web_origin: str) -> dict[str, str]:
-    inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_"))
-    }
-    return {
-        **inherited,
-        "GATEWAY_ENV": "production",
-        "GATEWAY_SECRET_KEY": secrets.token_hex(32),
-        "TOTP_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "AUTH_DATABASE_URL": database_url,
-        "CORS_ALLOW_ORIGINS": web_origin,
-        "FHIR_SERVER_URL": os.environ["E2E_FHIR_URL"],
-        "EHRBASE_URL": os.environ["E2E_EHRBASE_URL"],
-        "EHRBASE_API_USER": os.environ["E2E_EHRBASE_USER"],
-        "EHRBASE_API_PASSWORD": os.environ["E2E_EHRBASE_PASSWORD"],
-        "EHRBASE_API_ADMIN_USER": os.environ["E2E_EHRBASE_ADMIN_USER"],
-        "EHRBASE_API_ADMIN_PASSWORD": os.environ["E2E_EHRBASE_ADMIN_PASSWORD"],
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-        # Fast hashing: the suite logs in a handful of times, and hashing is not what it tests.
-        "ARGON2_TIME_COST": "1",
-        "ARGON2_MEMORY_COST_KIB": "8192",
-        "ARGON2_PARALLELISM": "1",
-    }
-
-
-def cli(env: dict[str, str], cwd: str, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        env=env,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"gateway {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -222,11 +172,13 @@ def main() -> None:
     args = parser.parse_args()
     args.state.unlink(missing_ok=True)
     os.environ.setdefault("BROWSER_ADMIN_PASSWORD", "Admin-browser-" + secrets.token_urlsafe(12))
-    env = gateway_env(recreate_database(os.environ["E2E_GATEWAY_ADMIN_DB_URL"]), args.web_origin)
+    env = gateway_env(
+        recreate_database(os.environ["E2E_GATEWAY_ADMIN_DB_URL"], AUTH_DB), CORS_ALLOW_ORIGINS=args.web_origin
+    )
     workdir = tempfile.mkdtemp(prefix="gateway-browser-")  # no stray .env is read
-    cli(env, workdir, "db", "upgrade")
-    cli(env, workdir, "templates", "sync")
-    cli(
+    run_cli(env, workdir, "db", "upgrade")
+    run_cli(env, workdir, "templates", "sync")
+    run_cli(
         env,
         workdir,
         "users",

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from cryptography.fernet import Fernet
+
+from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "tests" / "e2e" / "infra"
@@ -104,58 +104,6 @@ def _free_port() -> int:
         return port
 
 
-def _recreate_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{AUTH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{AUTH_DB}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{AUTH_DB}"
-
-
-def _gateway_env(database_url: str, namespace: str) -> dict[str, str]:
-    inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "FHIR_", "EHRBASE_", "GATEWAY_"))
-    }
-    return {
-        **inherited,
-        "GATEWAY_ENV": "production",
-        "GATEWAY_SECRET_KEY": secrets.token_hex(32),
-        "TOTP_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "AUTH_DATABASE_URL": database_url,
-        "FHIR_SERVER_URL": os.environ["E2E_FHIR_URL"],
-        "EHRBASE_URL": os.environ["E2E_EHRBASE_URL"],
-        "EHRBASE_API_USER": os.environ["E2E_EHRBASE_USER"],
-        "EHRBASE_API_PASSWORD": os.environ["E2E_EHRBASE_PASSWORD"],
-        "EHRBASE_API_ADMIN_USER": os.environ["E2E_EHRBASE_ADMIN_USER"],
-        "EHRBASE_API_ADMIN_PASSWORD": os.environ["E2E_EHRBASE_ADMIN_PASSWORD"],
-        "EHRBASE_SUBJECT_NAMESPACE": namespace,
-        # Outage scenario: see readiness and the breaker change within seconds, not the production 5 s/30 s.
-        "READY_CACHE_SECONDS": "0",
-        "BREAKER_RESET_SECONDS": "2",
-        # DEBUG: the per-request access lines are written too, so the secrets check covers them
-        "LOG_LEVEL": "DEBUG",
-        "PYTHONUNBUFFERED": "1",  # the log file is read while the gateway runs
-        # Fast hashing: the suite logs in a handful of times, and hashing is not what it tests.
-        "ARGON2_TIME_COST": "1",
-        "ARGON2_MEMORY_COST_KIB": "8192",
-        "ARGON2_PARALLELISM": "1",
-    }
-
-
-def _cli(env: dict[str, str], cwd: str, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        env=env,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"gateway {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
 def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -173,17 +121,25 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Pa
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The gateway process with a fresh auth database, our template in EHRbase and a first admin."""
-    database_url = _recreate_database(os.environ["E2E_GATEWAY_ADMIN_DB_URL"])
+    database_url = recreate_database(os.environ["E2E_GATEWAY_ADMIN_DB_URL"], AUTH_DB)
     namespace = "fhir-patient"
-    env = _gateway_env(database_url, namespace)
+    env = gateway_env(
+        database_url,
+        EHRBASE_SUBJECT_NAMESPACE=namespace,
+        # Outage scenario: see readiness and the breaker change within seconds, not the production 5 s/30 s.
+        READY_CACHE_SECONDS="0",
+        BREAKER_RESET_SECONDS="2",
+        # DEBUG: the per-request access lines are written too, so the secrets check covers them
+        LOG_LEVEL="DEBUG",
+    )
     workdir = tempfile.mkdtemp(prefix="gateway-e2e-")  # no stray .env is read
-    _cli(env, workdir, "db", "upgrade")
-    synced = _cli(env, workdir, "templates", "sync")
+    run_cli(env, workdir, "db", "upgrade")
+    synced = run_cli(env, workdir, "templates", "sync")
     print(f"e2e: templates sync: {synced.strip()}")
     # A second sync must recognise the template EHRbase now holds (EHRbase re-serialises the OPT).
-    again = _cli(env, workdir, "templates", "sync")
+    again = run_cli(env, workdir, "templates", "sync")
     assert "unchanged" in again, again
-    _cli(
+    run_cli(
         env,
         workdir,
         "users",
