@@ -10,6 +10,7 @@
 # The port defaults to 25433 (outside Linux's ephemeral range 32768–60999, where a client socket of another
 # process could hold it).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # runuser (as root), also from a shell whose PATH lacks the sbin directories
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 port="${TEST_PG_PORT:-25433}"

@@ -88,7 +88,8 @@ def _can_start_own_postgres() -> bool:
         pwd.getpwnam("postgres")  # as root the server runs as this user
     except KeyError:
         return False
-    return shutil.which("runuser") is not None
+    # runuser lives in /usr/sbin, which a non-login root shell may not have on PATH (.ci/postgres.sh adds it)
+    return shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is not None
 
 
 def _free_port(ports: range) -> int:
