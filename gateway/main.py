@@ -144,6 +144,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(care_team.me_router)
     app.include_router(care_team.admin_router)
     app.include_router(audit.router)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        hsts=True,
+        max_in_flight=settings.max_requests_in_flight,
+    )
+    # CORS goes outermost (added last), so that the answers the gateway middleware gives by itself
+    # (413 payload_too_large, 503 overloaded) carry the CORS headers too and a browser frontend can read
+    # their problem JSON and Retry-After instead of seeing an opaque network error.
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -167,11 +176,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Idempotent-Replayed",
             ],
         )
-    app.add_middleware(
-        GatewayMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        hsts=True,
-        max_in_flight=settings.max_requests_in_flight,
-    )
     setup_tracing(app, settings)
     return app

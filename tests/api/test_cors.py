@@ -62,3 +62,22 @@ async def test_another_origin_gets_no_cors_permission(
         assert "access-control-allow-origin" not in preflight.headers
         read = await client.get("/health", headers={"Origin": "http://localhost:6666"})
         assert "access-control-allow-origin" not in read.headers
+
+
+async def test_the_gateways_own_refusals_are_readable_by_the_frontend(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A 413 the middleware gives before any route runs still carries the CORS headers: without them
+    the browser hides the problem JSON and the frontend sees only a network error."""
+    settings = make_settings(
+        cors_allow_origins=[FRONTEND], auth_db_sqlite_path=tmp_path / "auth.db", max_body_bytes=2048
+    )
+    async with running_app(settings) as client:
+        response = await client.post(
+            "/patients/1001/letters", content=b"x" * 4096, headers={"Origin": FRONTEND}
+        )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert response.headers["access-control-allow-origin"] == FRONTEND
+    assert response.headers["access-control-allow-credentials"] == "true"
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()

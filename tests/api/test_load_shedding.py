@@ -39,7 +39,10 @@ async def test_a_full_worker_sheds_at_once_and_keeps_answering_probes(
         await grant_care_team(session, user_id=user.id, patient_id="1001", granted_by=None)
         await session.commit()
     dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    settings = make_settings(auth_database_url=pg_url, max_requests_in_flight=2)
+    frontend = "http://localhost:5173"
+    settings = make_settings(
+        auth_database_url=pg_url, max_requests_in_flight=2, cors_allow_origins=[frontend]
+    )
     with respx.mock(base_url=hapi.BASE, assert_all_called=False) as mock:
         mock.route(host="gateway.test").pass_through()
         mock.get("/Patient/1001").mock(return_value=hapi.resource_response(hapi.patient()))
@@ -55,12 +58,15 @@ async def test_a_full_worker_sheds_at_once_and_keeps_answering_probes(
                 async with asyncio.timeout(10):
                     while middleware.in_flight < 2:
                         await asyncio.sleep(0.005)
-                shed = await client.get("/patients/1001", headers=headers)
+                shed = await client.get("/patients/1001", headers={**headers, "Origin": frontend})
                 assert shed.status_code == 503
                 assert shed.headers["content-type"] == "application/problem+json"
                 assert shed.headers["retry-after"] == "1"
                 assert shed.json()["code"] == "overloaded"
                 assert shed.json()["request_id"] == shed.headers["x-request-id"]
+                # A browser frontend may read the refusal and its Retry-After (CORS headers present).
+                assert shed.headers["access-control-allow-origin"] == frontend
+                assert "retry-after" in shed.headers["access-control-expose-headers"].lower()
                 assert "Chalmers" not in shed.text
                 assert (await client.get("/health")).status_code == 200
                 assert (await client.get("/metrics")).status_code == 200
