@@ -51,7 +51,6 @@ async def env(
         headers = await bearer_headers(client, "dr.access")
         admin = await bearer_headers(client, "admin.access")
         with respx.mock(using=UPSTREAM, base_url=hapi.BASE, assert_all_called=False) as mock:
-            mock.route(host="gateway.test").pass_through()
             yield Env(client, session_factory, headers, admin, clinician.id, mock)
 
 

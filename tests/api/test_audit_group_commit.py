@@ -69,7 +69,6 @@ async def env(
         await session.commit()
     dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with respx.mock(base_url=hapi.BASE, assert_all_called=False) as mock:
-        mock.route(host="gateway.test").pass_through()
         mock.get("/Patient/1001").mock(return_value=hapi.resource_response(hapi.patient()))
         async with running_app(make_settings(auth_database_url=pg_url)) as client:
             headers = await bearer_headers(client, "dr.group")

@@ -44,7 +44,6 @@ async def test_a_full_worker_sheds_at_once_and_keeps_answering_probes(
         auth_database_url=pg_url, max_requests_in_flight=2, cors_allow_origins=[frontend]
     )
     with respx.mock(base_url=hapi.BASE, assert_all_called=False) as mock:
-        mock.route(host="gateway.test").pass_through()
         mock.get("/Patient/1001").mock(return_value=hapi.resource_response(hapi.patient()))
         async with running_app(settings) as client:
             headers = await bearer_headers(client, "dr.shed")

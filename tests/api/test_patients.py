@@ -58,7 +58,6 @@ async def env(
         headers = await bearer_headers(client, "dr.who")
         other = await bearer_headers(client, "dr.other")
         with respx.mock(using=UPSTREAM, base_url=BASE, assert_all_called=False) as mock:
-            mock.route(host="gateway.test").pass_through()
             yield Env(client, session_factory, headers, other, user.id, mock)
 
 

@@ -131,7 +131,6 @@ async def env(
     async with running_app(make_settings(auth_database_url=pg_url)) as client:
         headers = await bearer_headers(client, "dr.inventory")
         with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-            mock.route(host="gateway.test").pass_through()
 
             def record(
                 answer: Callable[[httpx.Request], httpx.Response],

@@ -29,7 +29,6 @@ async def test_auth_db_loss_and_recovery(
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         settings = make_settings(auth_database_url=proxied, auth_db_pool_timeout=2, ready_cache_seconds=0)
         with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-            mock.route(host="gateway.test").pass_through()
             mock.get("http://fhir.test/fhir/metadata").respond(
                 200, json={"resourceType": "CapabilityStatement"}
             )

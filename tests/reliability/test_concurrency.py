@@ -57,7 +57,6 @@ async def test_fifty_concurrent_first_letters_create_one_ehr(
     async with running_app(settings) as client:
         headers = await bearer_headers(client, "dr.busy")
         with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-            mock.route(host="gateway.test").pass_through()
             mock.get(f"{hapi.BASE}/Patient/{NEW_PATIENT}").mock(
                 return_value=hapi.resource_response(hapi.patient(NEW_PATIENT))
             )

@@ -59,7 +59,6 @@ class TestFhirFaults:
     ) -> None:
         async with gateway(upstream_max_response_bytes=65_536) as gw:
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 route = mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(**_answer(answer))
                 response = await gw.client.get(f"/patients/{PATIENT}", headers=gw.headers)
             assert response.status_code == status, response.text
@@ -73,7 +72,6 @@ class TestFhirFaults:
     async def test_read_wrong_resource_type(self, gateway: Callable[..., Any]) -> None:
         async with gateway() as gw:
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(
                     return_value=httpx.Response(200, json={"resourceType": "OperationOutcome", "id": PATIENT})
                 )
@@ -115,7 +113,6 @@ class TestFhirFaults:
     ) -> None:
         async with gateway() as gw:
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 route = mock.post(f"{hapi.BASE}/Patient").mock(
                     side_effect=[httpx.Response(503), hapi.resource_response(hapi.patient("2001"), 201)]
                 )
@@ -134,7 +131,6 @@ class TestFhirFaults:
             breaker_failure_threshold=2, breaker_reset_seconds=0.3, upstream_retry_attempts=1
         ) as gw:
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 fhir = mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(return_value=httpx.Response(503))
 
                 def aql(request: httpx.Request) -> httpx.Response:
@@ -173,7 +169,6 @@ class TestEhrbaseFaults:
     ) -> None:
         async with gateway(upstream_max_response_bytes=65_536) as gw:
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 route = mock.post(f"{eb.BASE}/query/aql").mock(**_answer(answer))
                 response = await gw.client.get(f"/patients/{PATIENT}/letters", headers=gw.headers)
             assert response.status_code == status, response.text
@@ -206,7 +201,6 @@ class TestEhrbaseFaults:
     ) -> None:
         async with gateway() as gw:
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(
                     return_value=hapi.resource_response(hapi.patient())
                 )
@@ -237,7 +231,6 @@ class TestEhrbaseFaults:
         async with gateway() as gw:
             headers = {**gw.headers, "Idempotency-Key": "letter-7f3a9c"}
             with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-                mock.route(host="gateway.test").pass_through()
                 mock.get(f"{hapi.BASE}/Patient/{PATIENT}").mock(
                     return_value=hapi.resource_response(hapi.patient())
                 )
@@ -254,7 +247,6 @@ class TestEhrbaseFaults:
 async def test_an_ehrbase_500_carries_its_message(gateway: Callable[..., Any]) -> None:
     async with gateway() as gw:
         with respx.mock(using=UPSTREAM, assert_all_called=False) as mock:
-            mock.route(host="gateway.test").pass_through()
             mock.post(f"{eb.BASE}/query/aql").mock(return_value=eb.error(500, "Could not execute query"))
             response = await gw.client.get(f"/patients/{PATIENT}/letters", headers=gw.headers)
     assert response.status_code == 502
