@@ -76,6 +76,7 @@ PROFILE = os.environ.get("BENCH_PROFILE", "") == "1"
 STUB_PORT = int(os.environ.get("BENCH_STUB_PORT", "18091"))
 GATEWAY_PORT = int(os.environ.get("BENCH_GATEWAY_PORT", "18090"))
 BASELINE_PORT = int(os.environ.get("BENCH_BASELINE_PORT", "18092"))
+PAIRED_ROUNDS = int(os.environ.get("BENCH_PAIRED_ROUNDS", "3"))
 
 
 def workloads(token: str) -> list[dict[str, Any]]:
@@ -174,6 +175,7 @@ def baseline_plan(
 def point_count(only: list[str], concurrency: list[int], clients: list[str]) -> int:
     """How many measured points a run makes (each lasts ``BENCH_SECONDS``)."""
     gateway = 2 * len(only) * len(concurrency) + (2 if "letters_list" in only else 0)
+    gateway += 2 * PAIRED_ROUNDS if "read" in only else 0
     plan = baseline_plan(only, concurrency, clients)
     return gateway + sum(len(step["workloads"]) * len(step["concurrency"]) for step in plan)
 
@@ -424,6 +426,49 @@ def profile_read(gateway_pid: int, spec: dict[str, Any]) -> None:
     )
 
 
+def measure_paired(
+    results: list[dict[str, Any]],
+    spec: dict[str, Any],
+    gateway: subprocess.Popen[bytes],
+    base_env: dict[str, str],
+    database: str,
+    cores: int,
+    port: int,
+) -> None:
+    """The ceiling ratio measured fairly: the read at c=32 through the gateway and through the bare
+    pass-through, back to back, ``PAIRED_ROUNDS`` times, the order swapped every round.
+
+    The table's gateway and bare points lie minutes apart, and the machine's other load drifts in
+    between; here both servers are up (the idle one uses no CPU) and each round's two points are measured
+    one right after the other. The report's ``ceiling_ratio`` is the median of the rounds' ratios.
+    """
+    env = base_env | {
+        "BASELINE_UPSTREAM": f"http://127.0.0.1:{STUB_PORT}",
+        "BASELINE_CLIENT": BARE_CLIENT,
+        "BASELINE_DB": "0",
+        "BASELINE_DATABASE_URL": database,
+        "BASELINE_DB_POOL_SIZE": DB_POOL_SIZE,
+    }
+    bare = start_server(uvicorn_command("tests.bench.baseline:create_app", port, cores), env, "bare-paired")
+    try:
+        bare_base = f"http://127.0.0.1:{port}"
+        wait_for(f"{bare_base}/health", bare)
+        warm_up(bare_base, [spec])
+        method, path, body, headers = spec["path"]
+        servers = {
+            "gateway_paired": (f"http://127.0.0.1:{GATEWAY_PORT}", gateway),
+            "bare_paired": (bare_base, bare),
+        }
+        for number in range(PAIRED_ROUNDS):
+            order = list(servers) if number % 2 == 0 else list(reversed(servers))
+            for target in order:
+                base, process = servers[target]
+                measure(results, "read", target, (method, base + path, body, headers), 32, server=process.pid)
+                results[-1]["round"] = number
+    finally:
+        stop_server(bare)
+
+
 def measure_baselines(
     results: list[dict[str, Any]],
     specs: list[dict[str, Any]],
@@ -477,7 +522,8 @@ def main() -> None:
             f"BENCH_CLIENTS takes {', '.join(CLIENTS)}"
         )
     plan = baseline_plan(ONLY, CONCURRENCY, COMPARED_CLIENTS)
-    ports = [STUB_PORT, GATEWAY_PORT, *range(BASELINE_PORT, BASELINE_PORT + len(plan))]
+    paired_port = BASELINE_PORT + len(plan)
+    ports = [STUB_PORT, GATEWAY_PORT, *range(BASELINE_PORT, paired_port + 1)]
     busy = [port for port in ports if port_in_use(port)]
     if busy:
         raise SystemExit(
@@ -566,6 +612,9 @@ def main() -> None:
         rss = worker_rss_mb(gateway.pid)
         if PROFILE and "read" in ONLY:
             profile_read(gateway.pid, next(spec for spec in specs if spec["name"] == "read"))
+        if PAIRED_ROUNDS > 0 and "read" in ONLY:
+            read = next(spec for spec in specs if spec["name"] == "read")
+            measure_paired(results, read, gateway, base_env, database, cores, paired_port)
         stop_server(gateway)
         baseline_rss = measure_baselines(results, specs, base_env, database, cores)
         machine = {

@@ -14,6 +14,8 @@ from tests.bench.report import (
     client_table,
     lua_script,
     markdown,
+    paired_ceiling_ratio,
+    paired_rounds,
     parse_statuses,
     parse_wrk,
     profile_summary,
@@ -177,6 +179,34 @@ def test_summary_line_of_a_partial_run() -> None:
     )
 
 
+def paired(number: int, gateway: float, bare: float) -> list[dict[str, Any]]:
+    return [
+        point("read", "gateway_paired", 32, rps=gateway, round=number, errors=1),
+        point("read", "bare_paired", 32, rps=bare, round=number),
+    ]
+
+
+def test_the_paired_rounds_give_the_ceiling_ratio_as_their_median() -> None:
+    rounds = [*paired(0, 2000, 4000), *paired(1, 1500, 2000), *paired(2, 2100, 3500)]
+    results = run_results() + rounds
+    assert [r["ratio"] for r in paired_rounds(results)] == [0.5, 0.75, 0.6]
+    assert paired_ceiling_ratio(results) == 0.6
+    # the summary and the target read the paired median, not the table's unpaired 0.65
+    assert summary_line(results, [100.0]).endswith("ceiling_ratio=0.60")
+    assert "bench: target ceiling_ratio_c32>=0.6 value=0.60 met" in target_lines(results, [100.0])
+    report = markdown(results, [100.0], {"date": "d", "cores": 2, "cpu": "c", "seconds_per_point": 3})
+    assert "| 2 | 1500 | 2000 | 0.75 |" in report
+    assert "| median | | | 0.60 |" in report
+    assert "gateway_paired" not in report  # its errors are the gateway's, not "outside the gateway"
+
+
+def test_a_paired_round_missing_its_bare_point_is_left_out_of_the_median() -> None:
+    results = [*paired(0, 2000, 4000), point("read", "gateway_paired", 32, rps=1900, round=1)]
+    assert math.isnan(paired_rounds(results)[1]["ratio"])
+    assert paired_ceiling_ratio(results) == 0.5
+    assert math.isnan(paired_ceiling_ratio(run_results()))  # a run without rounds
+
+
 def test_target_lines() -> None:
     assert target_lines(run_results(), [110.2, 151.0]) == [
         "bench: target reads_c32>=1500 value=1620 met",
@@ -297,7 +327,7 @@ def test_default_run_fits_the_time_budget() -> None:
     workloads = ["read", "search", "letter_create", "letters_list"]
     clients = ["httpx", "httpx-aiohttp", "aiohttp", "pyreqwest"]
     points = point_count(workloads, [1, 8, 32, 128], clients)
-    assert points == 34 + 16 + 16 + 9
+    assert points == 34 + 6 + 16 + 16 + 9  # gateway, paired rounds, bare, bare+DB, other clients
     assert points * 3 <= 6 * 60  # leaves ~2 min of the 8 for start-up, warm-up and wrk's own overhead
 
 
