@@ -188,14 +188,29 @@ PAIRED = ("gateway_paired", "bare_paired")
 
 
 def paired_rounds(results: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Each round of the paired ceiling measurement: gateway and bare reads/s and their ratio."""
+    """Each round of the paired ceiling measurement: both servers' reads/s and CPU per read, and ratios."""
     rounds: list[dict[str, float]] = []
     for number in sorted({row["round"] for row in results if row["target"] in PAIRED}):
-        gateway, bare = (
-            served_rps(next((r for r in results if r["target"] == target and r.get("round") == number), None))
+        gateway_row, bare_row = (
+            next((r for r in results if r["target"] == target and r.get("round") == number), None)
             for target in PAIRED
         )
-        rounds.append({"round": number, "gateway": gateway, "bare": bare, "ratio": ratio(gateway, bare)})
+        gateway, bare = served_rps(gateway_row), served_rps(bare_row)
+        gateway_cpu, bare_cpu = (
+            float(row.get("cpu_us_per_request", math.nan)) if row else math.nan
+            for row in (gateway_row, bare_row)
+        )
+        rounds.append(
+            {
+                "round": number,
+                "gateway": gateway,
+                "bare": bare,
+                "ratio": ratio(gateway, bare),
+                "gateway_cpu_us": gateway_cpu,
+                "bare_cpu_us": bare_cpu,
+                "cpu_ratio": ratio(bare_cpu, gateway_cpu),
+            }
+        )
     return rounds
 
 
@@ -216,16 +231,23 @@ def ceiling_ratio(results: list[dict[str, Any]]) -> float:
 
 
 def paired_table(results: list[dict[str, Any]]) -> list[str]:
-    """The paired rounds as a markdown table, with the median; empty when there were none."""
+    """The paired rounds as a markdown table, with the medians; empty when there were none."""
     rounds = paired_rounds(results)
     if not rounds:
         return []
-    lines = ["| round | gateway rps | bare rps | gw/bare |", "|---|---|---|---|"]
+    lines = [
+        "| round | gateway rps | bare rps | gw/bare | gateway CPU µs/request | bare CPU µs/request "
+        "| bare CPU ÷ gateway CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {int(r['round']) + 1} | {_fmt(r['gateway'], 0)} | {_fmt(r['bare'], 0)} | {_fmt(r['ratio'], 2)} |"
+        f"| {int(r['round']) + 1} | {_fmt(r['gateway'], 0)} | {_fmt(r['bare'], 0)} | {_fmt(r['ratio'], 2)} "
+        f"| {_fmt(r['gateway_cpu_us'], 0)} | {_fmt(r['bare_cpu_us'], 0)} | {_fmt(r['cpu_ratio'], 2)} |"
         for r in rounds
     ]
-    lines.append(f"| median | | | {_fmt(paired_ceiling_ratio(results), 2)} |")
+    cpu_ratios = [r["cpu_ratio"] for r in rounds if not math.isnan(r["cpu_ratio"])]
+    cpu_median = statistics.median(cpu_ratios) if cpu_ratios else math.nan
+    lines.append(f"| median | | | {_fmt(paired_ceiling_ratio(results), 2)} | | | {_fmt(cpu_median, 2)} |")
     return lines
 
 
@@ -400,7 +422,8 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
             "",
             "Paired ceiling: the read at c=32 through the gateway and through the bare pass-through, "
             "alternating, both servers up, each round back to back (the order swapped every round). "
-            "The median is the run's ceiling_ratio.",
+            "The median gw/bare is the run's ceiling_ratio. CPU µs/request = the server's worker CPU "
+            "time during the point ÷ its answers: what one read costs each server, whatever else ran.",
             "",
             *paired,
         ]

@@ -2,7 +2,9 @@
 
 Starts a PostgreSQL auth database (``.ci/postgres.sh``), the stub upstreams (``tests/bench/stub.py``) and the
 gateway in production settings (uvicorn, one worker per core, uvloop, httptools), then drives each workload
-with ``wrk`` per concurrency level — directly against the stub and through the gateway. Then, one at a time
+with ``wrk`` per concurrency level — directly against the stub and through the gateway; then the paired
+ceiling rounds (the read at c=32 through the gateway and the bare pass-through, alternating; their median
+ratio is the run's ``ceiling_ratio``). Then, one at a time
 on its own port and under the same uvicorn settings, the bare pass-through of ``tests/bench/baseline.py``:
 with aiohttp on every workload and concurrency (``bare``), the same with one SELECT and one INSERT per request
 on the gateway's database (``bare_db``), and with each other HTTP client on the read at c=1, 32 and 128 (the
@@ -315,6 +317,20 @@ def worker_processes(pid: int) -> list[psutil.Process]:
     return workers or children
 
 
+def workers_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by the server's worker processes."""
+    import psutil
+
+    total = 0.0
+    for worker in worker_processes(pid):
+        try:
+            times = worker.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def settle(pid: int, limit: float = 15.0) -> float:
     """Wait until the server's workers are idle again; how long it took (s).
 
@@ -360,7 +376,12 @@ def measure(
             print(
                 f"bench: waited {row['settle_s']} s for the server to finish the previous point", flush=True
             )
+    before = workers_cpu_seconds(server) if server is not None else None
     measured = run_wrk(method, url, body, headers, connections)
+    if before is not None and measured["requests"]:
+        # the server's CPU per answer: what a request costs, whatever else the machine was doing
+        spent = workers_cpu_seconds(server) - before  # type: ignore[arg-type]
+        row["cpu_us_per_request"] = round(spent / measured["requests"] * 1e6, 1)
     if client is not None:
         row["client"] = client
     results.append(row | measured)

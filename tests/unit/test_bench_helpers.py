@@ -181,8 +181,8 @@ def test_summary_line_of_a_partial_run() -> None:
 
 def paired(number: int, gateway: float, bare: float) -> list[dict[str, Any]]:
     return [
-        point("read", "gateway_paired", 32, rps=gateway, round=number, errors=1),
-        point("read", "bare_paired", 32, rps=bare, round=number),
+        point("read", "gateway_paired", 32, rps=gateway, round=number, errors=1, cpu_us_per_request=800.0),
+        point("read", "bare_paired", 32, rps=bare, round=number, cpu_us_per_request=400.0),
     ]
 
 
@@ -195,8 +195,8 @@ def test_the_paired_rounds_give_the_ceiling_ratio_as_their_median() -> None:
     assert summary_line(results, [100.0]).endswith("ceiling_ratio=0.60")
     assert "bench: target ceiling_ratio_c32>=0.6 value=0.60 met" in target_lines(results, [100.0])
     report = markdown(results, [100.0], {"date": "d", "cores": 2, "cpu": "c", "seconds_per_point": 3})
-    assert "| 2 | 1500 | 2000 | 0.75 |" in report
-    assert "| median | | | 0.60 |" in report
+    assert "| 2 | 1500 | 2000 | 0.75 | 800 | 400 | 0.50 |" in report
+    assert "| median | | | 0.60 | | | 0.50 |" in report
     assert "gateway_paired" not in report  # its errors are the gateway's, not "outside the gateway"
 
 
