@@ -37,13 +37,12 @@ from typing import Any
 import httpx
 import pyotp
 
-from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli
+from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_DB = "gateway_browser"
 ADMIN = "browser.admin"
 #: Bound of every wait here (seconds).
-START_TIMEOUT = 60.0
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
 
@@ -56,20 +55,6 @@ def nhs_number(rng: secrets.SystemRandom) -> str:
             check = 0
         if check != 10:
             return "".join(map(str, digits)) + str(check)
-
-
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited during start-up:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the gateway did not answer /health within {START_TIMEOUT:.0f}s")
 
 
 def expect(response: httpx.Response, status: int) -> Any:

@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli
+from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "tests" / "e2e" / "infra"
@@ -49,7 +48,6 @@ AUTH_DB = "gateway_e2e"
 ADMIN_USER = "e2e.admin"
 ADMIN_PASSWORD = "Admin-e2e-" + secrets.token_urlsafe(12)
 #: Bound of every wait in the harness (seconds).
-START_TIMEOUT = 60.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,20 +102,6 @@ def _free_port() -> int:
         return port
 
 
-def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited during start-up:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the gateway did not answer /health within {START_TIMEOUT:.0f}s")
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The gateway process with a fresh auth database, our template in EHRbase and a first admin."""
@@ -165,7 +149,7 @@ def stack() -> Iterator[Stack]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_serving(url, process, log_path)
+        wait_until_serving(url, process, log_path)
         yield Stack(
             gateway_url=url,
             fhir_url=os.environ["E2E_FHIR_URL"],

@@ -11,9 +11,15 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import httpx
 import psycopg
 from cryptography.fernet import Fernet
+
+#: Seconds a starting gateway has to answer ``/health``.
+START_TIMEOUT = 60.0
 
 
 def recreate_database(admin_url: str, name: str) -> str:
@@ -73,3 +79,23 @@ def run_cli(env: dict[str, str], cwd: str, *args: str, stdin: str | None = None)
     if result.returncode != 0:
         raise RuntimeError(f"gateway {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Return once the gateway at ``url`` answers ``/health``.
+
+    Raises:
+        RuntimeError: the process exited (the end of its log ``log_path`` is in the message), or it did
+            not answer within :data:`START_TIMEOUT`.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited during start-up:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the gateway did not answer /health within {START_TIMEOUT:.0f}s")
