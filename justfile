@@ -100,7 +100,8 @@ web gateway="http://localhost:8000" port="5173":
 fuzz examples="200":
     SCHEMATHESIS_MAX_EXAMPLES={{examples}} uv run pytest tests/reliability/test_schemathesis.py -q
 
-# Benchmark the gateway against stub upstreams on loopback (needs wrk; writes var/bench/); a few minutes
+# Benchmark the gateway against stub upstreams on loopback (needs wrk; vegeta for the open-loop points, installed with Go when present; writes var/bench/); a few minutes
 bench:
     @command -v wrk >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
+    @command -v vegeta >/dev/null || [ -x var/bench/bin/vegeta ] || ! command -v go >/dev/null || GOBIN="$PWD/var/bench/bin" go install github.com/tsenart/vegeta/v12@v12.13.0 || echo "vegeta could not be installed: no open-loop points"
     uv run --group bench python -m tests.bench.run

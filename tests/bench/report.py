@@ -132,6 +132,66 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
+def parse_vegeta(report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A point from ``vegeta report -type=json`` (latencies in ns) in the shape of :func:`parse_wrk`."""
+    latencies = report.get("latencies", {})
+    codes = {str(code): int(n) for code, n in (report.get("status_codes") or {}).items()}
+    requests = int(report.get("requests", 0))
+    served = sum(n for code, n in codes.items() if code.isdigit() and 200 <= int(code) < 300)
+    return {
+        "rps": round(requests / seconds, 2) if seconds else 0.0,
+        "served_rps": round(float(report.get("throughput", 0.0)), 2),
+        "requests": requests,
+        "served": served,
+        "shed": 0,
+        "errors": requests - served,
+        "statuses": codes,
+        **{f"p{p}_ms": round(latencies.get(f"{p}th", 0) / 1e6, 3) for p in (50, 90, 99)},
+        "max_ms": round(latencies.get("max", 0) / 1e6, 3),
+    }
+
+
+OPEN_LOOP = ("open_direct", "open_gateway", "open_bare")
+
+
+def open_loop_table(results: list[dict[str, Any]]) -> list[str]:
+    """The fixed-rate points: latency at each offered rate, and what the gateway adds; empty when none."""
+    rates = sorted({row["rate"] for row in results if row["target"] in OPEN_LOOP})
+    if not rates:
+        return []
+    lines = [
+        "| offered reads/s | direct p50 / p99 | bare p50 / p99 | gateway p50 / p99 | gateway max "
+        "| added p50 / p99 (gw - direct) | gateway CPU µs/read | bare CPU µs/read | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        row = {
+            target: next((r for r in results if r["target"] == target and r.get("rate") == rate), None)
+            for target in OPEN_LOOP
+        }
+        direct, gateway, bare = row["open_direct"], row["open_gateway"], row["open_bare"]
+
+        def pair(point: dict[str, Any] | None) -> str:
+            return "n/a" if point is None else f"{point['p50_ms']:.2f} / {point['p99_ms']:.2f}"
+
+        def cpu(point: dict[str, Any] | None) -> str:
+            value = float(point.get("cpu_us_per_request", math.nan)) if point else math.nan
+            return _fmt(value, 0)
+
+        added = (
+            f"{gateway['p50_ms'] - direct['p50_ms']:.2f} / {gateway['p99_ms'] - direct['p99_ms']:.2f}"
+            if gateway and direct
+            else "n/a"
+        )
+        errors = sum(point["errors"] for point in (direct, gateway, bare) if point)
+        lines.append(
+            f"| {rate} | {pair(direct)} | {pair(bare)} | {pair(gateway)} | "
+            f"{_fmt(gateway['max_ms'] if gateway else math.nan, 1)} | {added} | {cpu(gateway)} | {cpu(bare)} "
+            f"| {errors} |"
+        )
+    return lines
+
+
 def find(
     results: list[dict[str, Any]],
     workload: str,
@@ -394,7 +454,7 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
         f"{row['target']}{'/' + row['client'] if row.get('client') else ''} "
         f"{row['workload']} c={row['concurrency']}: {row['errors']}"
         for row in results
-        if row["target"] not in ("gateway", "gateway_paired") and row.get("errors")
+        if row["target"] not in ("gateway", "gateway_paired", "open_gateway") and row.get("errors")
     ]
     if other_errors:
         lines += [
@@ -426,6 +486,16 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
             "time during the point ÷ its answers: what one read costs each server, whatever else ran.",
             "",
             *paired,
+        ]
+    open_loop = open_loop_table(results)
+    if open_loop:
+        lines += [
+            "",
+            "Open loop: the read offered at a fixed rate (vegeta; each request is sent on schedule, whatever "
+            "the answers before it did), so latency is measured below saturation, without the closed loop's "
+            "queue. Latencies in ms.",
+            "",
+            *open_loop,
         ]
     comparison = client_table(results)
     if comparison:

@@ -39,6 +39,7 @@ from tests.bench import stub
 from tests.bench.report import (
     CLIENTS,
     lua_script,
+    parse_vegeta,
     parse_wrk,
     profile_summary,
     summary_line,
@@ -79,6 +80,9 @@ STUB_PORT = int(os.environ.get("BENCH_STUB_PORT", "18091"))
 GATEWAY_PORT = int(os.environ.get("BENCH_GATEWAY_PORT", "18090"))
 BASELINE_PORT = int(os.environ.get("BENCH_BASELINE_PORT", "18092"))
 PAIRED_ROUNDS = int(os.environ.get("BENCH_PAIRED_ROUNDS", "3"))
+OPEN_LOOP_RATES = _int_list(os.environ.get("BENCH_OPEN_LOOP_RATES", "250,500,1000"))
+#: Where ``just bench`` installs vegeta when it is not on PATH (``go install``).
+VEGETA_LOCAL = ROOT / "var" / "bench" / "bin" / "vegeta"
 
 
 def workloads(token: str) -> list[dict[str, Any]]:
@@ -486,8 +490,81 @@ def measure_paired(
                 base, process = servers[target]
                 measure(results, "read", target, (method, base + path, body, headers), 32, server=process.pid)
                 results[-1]["round"] = number
+        if OPEN_LOOP_RATES:
+            measure_open_loop(
+                results,
+                spec,
+                {
+                    "open_gateway": (f"http://127.0.0.1:{GATEWAY_PORT}", gateway.pid),
+                    "open_bare": (bare_base, bare.pid),
+                },
+            )
     finally:
         stop_server(bare)
+
+
+def vegeta() -> str | None:
+    """The vegeta binary (PATH, or where ``just bench`` installs it), or None."""
+    found = shutil.which("vegeta")
+    if found:
+        return found
+    return str(VEGETA_LOCAL) if VEGETA_LOCAL.exists() else None
+
+
+def run_vegeta(binary: str, url: str, headers: dict[str, str], rate: int, seconds: int) -> dict[str, Any]:
+    """Offer ``rate`` requests/s to ``url`` for ``seconds`` (open loop) and parse vegeta's report."""
+    target = f"GET {url}\n" + "".join(f"{name}: {value}\n" for name, value in headers.items())
+    attack = subprocess.run(
+        [binary, "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-timeout=5s", "-max-workers=512"],
+        input=target.encode(),
+        capture_output=True,
+        timeout=seconds + 30,
+        check=True,
+    )
+    report = subprocess.run(
+        [binary, "report", "-type=json"], input=attack.stdout, capture_output=True, timeout=60, check=True
+    )
+    return parse_vegeta(json.loads(report.stdout), seconds)
+
+
+def measure_open_loop(
+    results: list[dict[str, Any]], spec: dict[str, Any], servers: dict[str, tuple[str, int]]
+) -> None:
+    """The read offered at each of ``OPEN_LOOP_RATES`` directly, through the gateway and through the bare
+    pass-through (``servers``: target → base URL and server pid), with vegeta: latency below saturation.
+
+    wrk is a closed loop: each connection sends its next request when the last is answered, so at any
+    concurrency the server is saturated and latency is mostly queueing. vegeta sends on schedule.
+    """
+    binary = vegeta()
+    if binary is None:
+        print(
+            "bench: vegeta not found (just bench installs it with Go); open-loop points skipped", flush=True
+        )
+        return
+    path, headers = spec["path"][1], spec["path"][3]
+    seconds = max(SECONDS, 5)
+    for rate in OPEN_LOOP_RATES:
+        targets: list[tuple[str, str, dict[str, str], int | None]] = [
+            ("open_direct", spec["direct"][1], {}, None),
+            *((target, base + path, headers, pid) for target, (base, pid) in servers.items()),
+        ]
+        for target, url, sent, pid in targets:
+            row: dict[str, Any] = {"workload": "read", "target": target, "concurrency": 0, "rate": rate}
+            before = 0.0
+            if pid is not None:
+                row["settle_s"] = round(settle(pid), 2)
+                before = workers_cpu_seconds(pid)
+            measured = run_vegeta(binary, url, sent, rate, seconds)
+            if pid is not None and measured["requests"]:
+                spent = workers_cpu_seconds(pid) - before
+                row["cpu_us_per_request"] = round(spent / measured["requests"] * 1e6, 1)
+            results.append(row | measured)
+            print(
+                f"bench: read open loop {rate}/s {target:<13} p50={measured['p50_ms']:.2f}ms "
+                f"p99={measured['p99_ms']:.2f}ms errors={measured['errors']}",
+                flush=True,
+            )
 
 
 def measure_baselines(
@@ -633,7 +710,7 @@ def main() -> None:
         rss = worker_rss_mb(gateway.pid)
         if PROFILE and "read" in ONLY:
             profile_read(gateway.pid, next(spec for spec in specs if spec["name"] == "read"))
-        if PAIRED_ROUNDS > 0 and "read" in ONLY:
+        if (PAIRED_ROUNDS > 0 or OPEN_LOOP_RATES) and "read" in ONLY:
             read = next(spec for spec in specs if spec["name"] == "read")
             measure_paired(results, read, gateway, base_env, database, cores, paired_port)
         stop_server(gateway)

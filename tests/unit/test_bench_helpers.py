@@ -14,9 +14,11 @@ from tests.bench.report import (
     client_table,
     lua_script,
     markdown,
+    open_loop_table,
     paired_ceiling_ratio,
     paired_rounds,
     parse_statuses,
+    parse_vegeta,
     parse_wrk,
     profile_summary,
     summary_line,
@@ -343,3 +345,58 @@ def test_stub_answers_like_hapi_and_ehrbase() -> None:
     result = json.loads(body)
     assert len(result["rows"]) == 10
     assert [c["name"] for c in result["columns"]] == ["uid", "title", "status", "author", "author_id", "date"]
+
+
+# vegeta report -type=json of a 5 s attack at 500/s (latencies in ns); two answers were 503.
+VEGETA_REPORT = {
+    "latencies": {
+        "total": 1,
+        "mean": 2500000,
+        "50th": 2110000,
+        "90th": 4000000,
+        "95th": 6000000,
+        "99th": 10380000,
+        "max": 19900000,
+        "min": 900000,
+    },
+    "requests": 2500,
+    "rate": 500.2,
+    "throughput": 499.6,
+    "success": 0.9992,
+    "status_codes": {"200": 2498, "503": 2},
+}
+
+
+def test_parse_vegeta() -> None:
+    point = parse_vegeta(VEGETA_REPORT, 5)
+    assert point["p50_ms"] == 2.11
+    assert point["p99_ms"] == 10.38
+    assert point["max_ms"] == 19.9
+    assert point["served"] == 2498
+    assert point["errors"] == 2
+    assert point["served_rps"] == 499.6
+    assert point["rps"] == 500.0
+
+
+def test_open_loop_table_gives_what_the_gateway_adds_at_each_rate() -> None:
+    def open_point(
+        target: str, rate: int, p50: float, p99: float, cpu: float | None = None
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {"rate": rate, "p50_ms": p50, "p99_ms": p99, "max_ms": p99 * 2}
+        if cpu is not None:
+            values["cpu_us_per_request"] = cpu
+        return point("read", target, 0, **values)
+
+    results = [
+        open_point("open_direct", 500, 0.2, 0.5),
+        open_point("open_gateway", 500, 2.1, 10.4, cpu=1500.0),
+        open_point("open_bare", 500, 0.9, 3.0, cpu=650.0),
+        open_point("open_direct", 250, 0.4, 0.9),
+        open_point("open_gateway", 250, 2.3, 4.8, cpu=1700.0),
+    ]
+    table = open_loop_table(results)
+    assert table[2] == "| 250 | 0.40 / 0.90 | n/a | 2.30 / 4.80 | 9.6 | 1.90 / 3.90 | 1700 | n/a | 0 |"
+    assert (
+        table[3] == "| 500 | 0.20 / 0.50 | 0.90 / 3.00 | 2.10 / 10.40 | 20.8 | 1.90 / 9.90 | 1500 | 650 | 0 |"
+    )
+    assert open_loop_table(run_results()) == []
