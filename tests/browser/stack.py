@@ -37,24 +37,19 @@ from typing import Any
 import httpx
 import pyotp
 
-from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli, wait_until_serving
+from tests.e2e.gateway_process import (
+    gateway_env,
+    nhs_number,
+    recreate_database,
+    run_cli,
+    wait_until_serving,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_DB = "gateway_browser"
 ADMIN = "browser.admin"
 #: Bound of every wait here (seconds).
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-
-
-def nhs_number(rng: secrets.SystemRandom) -> str:
-    """A random 10-digit NHS number with a valid check digit (modulus 11)."""
-    while True:
-        digits = [rng.randrange(10) for _ in range(9)]
-        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
-        if check == 11:
-            check = 0
-        if check != 10:
-            return "".join(map(str, digits)) + str(check)
 
 
 def expect(response: httpx.Response, status: int) -> Any:
@@ -198,12 +193,7 @@ def main() -> None:
             time.sleep(0.5)
         raise RuntimeError(f"the gateway stopped:\n{log_path.read_text()[-4000:]}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 if __name__ == "__main__":

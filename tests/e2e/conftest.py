@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli, wait_until_serving
+from tests.e2e.gateway_process import gateway_env, recreate_database, run_cli, stop, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "tests" / "e2e" / "infra"
@@ -159,12 +159,7 @@ def stack() -> Iterator[Stack]:
             log_path=log_path,
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 def infra(script: str, *args: str, services: str | None = None, timeout: float = 600) -> None:

@@ -8,6 +8,7 @@ credentials from the ``E2E_*`` variables that ``up.sh`` prints), and its command
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import subprocess
 import sys
@@ -99,3 +100,24 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Pat
             pass
         time.sleep(0.3)
     raise RuntimeError(f"the gateway did not answer /health within {START_TIMEOUT:.0f}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the gateway process: SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def nhs_number(rng: random.Random) -> str:
+    """A random 10-digit NHS number with a valid check digit (modulus 11)."""
+    while True:
+        digits = [rng.randrange(10) for _ in range(9)]
+        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
+        if check == 11:
+            check = 0
+        if check != 10:
+            return "".join(map(str, digits)) + str(check)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, Stack, infra
+from tests.e2e.gateway_process import nhs_number
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 CLINICIAN_NAME = "Dr E2E Clinician"
@@ -26,17 +27,6 @@ CLINICIAN_PASSWORD = "Clinician-first-Passw0rd!"
 CLINICIAN_NEW_PASSWORD = "Clinician-own-Passw0rd-42!"
 #: Patients registered in the paging scenario (one more is registered before).
 EXTRA_PATIENTS = 45
-
-
-def nhs_number(rng: random.Random) -> str:
-    """A random NHS number that passes the modulus-11 check."""
-    while True:
-        digits = [rng.randrange(10) for _ in range(9)]
-        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
-        if check == 11:
-            check = 0
-        if check != 10:
-            return "".join(map(str, digits)) + str(check)
 
 
 def token(stack: Stack, username: str, password: str) -> str:
