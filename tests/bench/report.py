@@ -154,6 +154,14 @@ def parse_vegeta(report: dict[str, Any], seconds: float) -> dict[str, Any]:
 OPEN_LOOP = ("open_direct", "open_gateway", "open_bare")
 
 
+def _p50_p99(point: dict[str, Any] | None) -> str:
+    return "n/a" if point is None else f"{point['p50_ms']:.2f} / {point['p99_ms']:.2f}"
+
+
+def _cpu_us(point: dict[str, Any] | None) -> str:
+    return _fmt(float(point.get("cpu_us_per_request", math.nan)) if point else math.nan, 0)
+
+
 def open_loop_table(results: list[dict[str, Any]]) -> list[str]:
     """The fixed-rate points: latency at each offered rate, and what the gateway adds; empty when none."""
     rates = sorted({row["rate"] for row in results if row["target"] in OPEN_LOOP})
@@ -165,19 +173,10 @@ def open_loop_table(results: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
-        row = {
-            target: next((r for r in results if r["target"] == target and r.get("rate") == rate), None)
+        direct, gateway, bare = (
+            next((r for r in results if r["target"] == target and r.get("rate") == rate), None)
             for target in OPEN_LOOP
-        }
-        direct, gateway, bare = row["open_direct"], row["open_gateway"], row["open_bare"]
-
-        def pair(point: dict[str, Any] | None) -> str:
-            return "n/a" if point is None else f"{point['p50_ms']:.2f} / {point['p99_ms']:.2f}"
-
-        def cpu(point: dict[str, Any] | None) -> str:
-            value = float(point.get("cpu_us_per_request", math.nan)) if point else math.nan
-            return _fmt(value, 0)
-
+        )
         added = (
             f"{gateway['p50_ms'] - direct['p50_ms']:.2f} / {gateway['p99_ms'] - direct['p99_ms']:.2f}"
             if gateway and direct
@@ -185,9 +184,9 @@ def open_loop_table(results: list[dict[str, Any]]) -> list[str]:
         )
         errors = sum(point["errors"] for point in (direct, gateway, bare) if point)
         lines.append(
-            f"| {rate} | {pair(direct)} | {pair(bare)} | {pair(gateway)} | "
-            f"{_fmt(gateway['max_ms'] if gateway else math.nan, 1)} | {added} | {cpu(gateway)} | {cpu(bare)} "
-            f"| {errors} |"
+            f"| {rate} | {_p50_p99(direct)} | {_p50_p99(bare)} | {_p50_p99(gateway)} | "
+            f"{_fmt(gateway['max_ms'] if gateway else math.nan, 1)} | {added} | {_cpu_us(gateway)} "
+            f"| {_cpu_us(bare)} | {errors} |"
         )
     return lines
 

@@ -335,6 +335,12 @@ def workers_cpu_seconds(pid: int) -> float:
     return total
 
 
+def cpu_per_request(pid: int, before: float, requests: int) -> float:
+    """The server's worker CPU (µs) per answer since ``before`` (:func:`workers_cpu_seconds` then):
+    what a request costs the server, whatever else the machine was doing."""
+    return round((workers_cpu_seconds(pid) - before) / requests * 1e6, 1)
+
+
 def settle(pid: int, limit: float = 15.0) -> float:
     """Wait until the server's workers are idle again; how long it took (s).
 
@@ -380,12 +386,10 @@ def measure(
             print(
                 f"bench: waited {row['settle_s']} s for the server to finish the previous point", flush=True
             )
-    before = workers_cpu_seconds(server) if server is not None else None
+    before = workers_cpu_seconds(server) if server is not None else 0.0
     measured = run_wrk(method, url, body, headers, connections)
-    if before is not None and measured["requests"]:
-        # the server's CPU per answer: what a request costs, whatever else the machine was doing
-        spent = workers_cpu_seconds(server) - before  # type: ignore[arg-type]
-        row["cpu_us_per_request"] = round(spent / measured["requests"] * 1e6, 1)
+    if server is not None and measured["requests"]:
+        row["cpu_us_per_request"] = cpu_per_request(server, before, measured["requests"])
     if client is not None:
         row["client"] = client
     results.append(row | measured)
@@ -451,6 +455,20 @@ def profile_read(gateway_pid: int, spec: dict[str, Any]) -> None:
     )
 
 
+def start_baseline(
+    base_env: dict[str, str], database: str, cores: int, port: int, *, client: str, db: bool, name: str
+) -> subprocess.Popen[bytes]:
+    """Start the bare pass-through on ``port`` with upstream ``client``, plus the DB work when ``db``."""
+    env = base_env | {
+        "BASELINE_UPSTREAM": f"http://127.0.0.1:{STUB_PORT}",
+        "BASELINE_CLIENT": client,
+        "BASELINE_DB": "1" if db else "0",
+        "BASELINE_DATABASE_URL": database,
+        "BASELINE_DB_POOL_SIZE": DB_POOL_SIZE,
+    }
+    return start_server(uvicorn_command("tests.bench.baseline:create_app", port, cores), env, name)
+
+
 def measure_paired(
     results: list[dict[str, Any]],
     spec: dict[str, Any],
@@ -467,14 +485,7 @@ def measure_paired(
     between; here both servers are up (the idle one uses no CPU) and each round's two points are measured
     one right after the other. The report's ``ceiling_ratio`` is the median of the rounds' ratios.
     """
-    env = base_env | {
-        "BASELINE_UPSTREAM": f"http://127.0.0.1:{STUB_PORT}",
-        "BASELINE_CLIENT": BARE_CLIENT,
-        "BASELINE_DB": "0",
-        "BASELINE_DATABASE_URL": database,
-        "BASELINE_DB_POOL_SIZE": DB_POOL_SIZE,
-    }
-    bare = start_server(uvicorn_command("tests.bench.baseline:create_app", port, cores), env, "bare-paired")
+    bare = start_baseline(base_env, database, cores, port, client=BARE_CLIENT, db=False, name="bare-paired")
     try:
         bare_base = f"http://127.0.0.1:{port}"
         wait_for(f"{bare_base}/health", bare)
@@ -557,8 +568,7 @@ def measure_open_loop(
                 before = workers_cpu_seconds(pid)
             measured = run_vegeta(binary, url, sent, rate, seconds)
             if pid is not None and measured["requests"]:
-                spent = workers_cpu_seconds(pid) - before
-                row["cpu_us_per_request"] = round(spent / measured["requests"] * 1e6, 1)
+                row["cpu_us_per_request"] = cpu_per_request(pid, before, measured["requests"])
             results.append(row | measured)
             print(
                 f"bench: read open loop {rate}/s {target:<13} p50={measured['p50_ms']:.2f}ms "
@@ -578,15 +588,10 @@ def measure_baselines(
     rss: dict[str, list[float]] = {}
     for index, step in enumerate(baseline_plan(ONLY, CONCURRENCY, COMPARED_CLIENTS)):
         port = BASELINE_PORT + index
-        env = base_env | {
-            "BASELINE_UPSTREAM": f"http://127.0.0.1:{STUB_PORT}",
-            "BASELINE_CLIENT": step["client"],
-            "BASELINE_DB": "1" if step["db"] else "0",
-            "BASELINE_DATABASE_URL": database,
-            "BASELINE_DB_POOL_SIZE": DB_POOL_SIZE,
-        }
         name = f"{step['target']}-{step['client']}"
-        server = start_server(uvicorn_command("tests.bench.baseline:create_app", port, cores), env, name)
+        server = start_baseline(
+            base_env, database, cores, port, client=step["client"], db=step["db"], name=name
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_for(f"{base}/health", server)
