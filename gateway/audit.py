@@ -129,10 +129,8 @@ class AuditLog:
                 values[column] = _without_nul(values[column])
         for column, limit in _LIMITS.items():
             value = values[column]
-            if value is not None:
-                if "\x00" in value:  # PostgreSQL text cannot hold NUL; one such value must not fail a batch
-                    value = value.replace("\x00", "")
-                values[column] = value[:limit]
+            if value is not None:  # PostgreSQL text cannot hold NUL; one such value must not fail a batch
+                values[column] = _without_nul(value)[:limit]
         return values
 
     def build(self, **fields: Any) -> AuditEvent:
