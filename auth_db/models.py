@@ -10,7 +10,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, MetaData, String, false, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from auth_db.types import UTCDateTime, utcnow
@@ -46,6 +57,8 @@ class User(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     password_changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: Signs in through an identity provider only: the local password is refused.
+    sso_only: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class UserRole(SQLModel, table=True):
@@ -72,6 +85,10 @@ class AuthSession(SQLModel, table=True):
     """One refresh token of a login session. Rotation adds a row to the same family."""
 
     __tablename__ = "session"
+    __table_args__ = (
+        Index("ix_session_idp_sid", "idp_issuer", "idp_sid"),
+        Index("ix_session_idp_subject", "idp_issuer", "idp_subject"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     family_id: uuid.UUID = Field(index=True)
@@ -85,6 +102,58 @@ class AuthSession(SQLModel, table=True):
     revoked_reason: str | None = Field(default=None, max_length=64)
     client_addr: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=256)
+    #: For a session started by single sign-on: the provider's issuer, session id (``sid``) and subject,
+    #: which back-channel logout names, and the ID token (encrypted) for RP-initiated logout.
+    idp_issuer: str | None = Field(default=None, max_length=255)
+    idp_sid: str | None = Field(default=None, max_length=255)
+    idp_subject: str | None = Field(default=None, max_length=255)
+    id_token_encrypted: str | None = Field(default=None, sa_column=Column(String(12000), nullable=True))
+    #: No refresh reaches past this instant (an SSO session never outlives the provider's cap).
+    not_after: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class UserIdentity(SQLModel, table=True):
+    """An identity at an OpenID Connect provider, (issuer, subject), bound to one local user."""
+
+    __tablename__ = "user_identity"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_user_identity_issuer_subject"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    provider_id: str = Field(max_length=32)
+    issuer: str = Field(max_length=255)
+    subject: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_by: uuid.UUID | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
+    last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class OidcLogin(SQLModel, table=True):
+    """One sign-in in flight at an identity provider: single use, short-lived, bound to one browser."""
+
+    __tablename__ = "oidc_login"
+
+    state_hash: str = Field(max_length=64, primary_key=True)
+    binding_hash: str = Field(max_length=64)
+    provider_id: str = Field(max_length=32)
+    nonce: str = Field(max_length=128)
+    code_verifier: str = Field(max_length=128)
+    return_to: str = Field(max_length=512)
+    #: Set when a signed-in local user links this identity to their own account.
+    link_user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id", ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class OidcLogoutReplay(SQLModel, table=True):
+    """The ``jti`` of a back-channel logout token already accepted (replay guard until it expires)."""
+
+    __tablename__ = "oidc_logout_jti"
+
+    issuer: str = Field(max_length=255, primary_key=True)
+    jti: str = Field(max_length=255, primary_key=True)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class LoginThrottle(SQLModel, table=True):

@@ -20,6 +20,8 @@ from dotenv import dotenv_values
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.sso.config import OidcProvider
+
 #: Variables an older layout used. They are refused, never silently honoured.
 LEGACY_VARIABLES: dict[str, str] = {
     "POSTGRES_USER": "AUTH_DB_USER (auth database) or FHIR_DB_USER / EHRBASE_DB_USER (compose only)",
@@ -126,6 +128,22 @@ class Settings(BaseSettings):
         "Logout, revocation, disabling and revoked care-team links reach every worker within this bound.",
     )
 
+    # --- single sign-on (OpenID Connect) ------------------------------------------------------
+    oidc_providers: Annotated[list[OidcProvider], NoDecode] = Field(
+        default_factory=list,
+        description="The identity providers, as a JSON list (docs/sso.md). Empty: local accounts only.",
+    )
+    gateway_public_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="The gateway's address as browsers reach it; the SSO callback is built from it, "
+        "never from a request's Host header.",
+    )
+    frontend_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="Where the browser goes after an SSO login or logout (default: GATEWAY_PUBLIC_URL).",
+    )
+    oidc_login_ttl_seconds: int = Field(default=600, ge=60, le=1800)
+
     # --- HAPI FHIR -----------------------------------------------------------------------------
     fhir_server_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8080/fhir")
     fhir_auth_mode: FhirAuthMode = FhirAuthMode.none
@@ -187,9 +205,45 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://frontend.example.org")
         return value
 
+    @field_validator("oidc_providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            if not value.strip():
+                return []
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of providers ({exc.msg} at character {exc.pos})") from None
+        return value
+
+    def _sso_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not self.oidc_providers:
+            return problems
+        ids = [p.id for p in self.oidc_providers]
+        issuers = [p.issuer for p in self.oidc_providers]
+        if len(set(ids)) != len(ids):
+            problems.append("OIDC_PROVIDERS: two providers share an id")
+        if len(set(issuers)) != len(issuers):
+            problems.append("OIDC_PROVIDERS: two providers share an issuer (one client per issuer)")
+        if self.gateway_public_url is None:
+            problems.append("OIDC_PROVIDERS needs GATEWAY_PUBLIC_URL (the callback address browsers reach)")
+        if self.gateway_env is Environment.production:
+            for provider in self.oidc_providers:
+                if provider.allow_insecure_http:
+                    problems.append(f"OIDC provider {provider.id!r}: allow_insecure_http is for development")
+            for name in ("gateway_public_url", "frontend_url"):
+                url = getattr(self, name)
+                if url is not None and url.scheme != "https" and url.host not in {"127.0.0.1", "localhost"}:
+                    problems.append(f"{name.upper()} must be https in production")
+        return problems
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
-        problems: list[str] = []
+        problems: list[str] = self._sso_problems()
         if self.fhir_auth_mode is FhirAuthMode.basic and not (self.fhir_username and self.fhir_password):
             problems.append("FHIR_AUTH_MODE=basic needs FHIR_USERNAME and FHIR_PASSWORD")
         if self.fhir_auth_mode is FhirAuthMode.bearer and not self.fhir_bearer_token:
@@ -250,6 +304,20 @@ class Settings(BaseSettings):
         if self.auth_db_auto_migrate is not None:
             return self.auth_db_auto_migrate
         return self.computed_auth_database_url.startswith("sqlite")
+
+    @property
+    def public_base(self) -> str:
+        """The gateway's public address without a trailing slash (SSO callback and logout)."""
+        return str(self.gateway_public_url or "http://127.0.0.1:8000").rstrip("/")
+
+    @property
+    def frontend_base(self) -> str:
+        """Where browsers return after SSO, without a trailing slash."""
+        return str(self.frontend_url or self.gateway_public_url or "http://127.0.0.1:8000").rstrip("/")
+
+    def oidc_provider(self, provider_id: str) -> OidcProvider | None:
+        """The configured provider of this id, if any."""
+        return next((p for p in self.oidc_providers if p.id == provider_id), None)
 
     @property
     def fhir_base(self) -> str:
@@ -342,6 +410,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
             value = "**********" if value.get_secret_value() else ""
         elif isinstance(value, Path | AnyHttpUrl | StrEnum):
             value = str(value)
+        elif name == "oidc_providers":  # client secrets show as ********** (pydantic's JSON of SecretStr)
+            value = [provider.model_dump(mode="json") for provider in value]
         result[name.upper()] = value
     url = settings.computed_auth_database_url
     result["AUTH_DATABASE_URL (effective)"] = _redact_url(url)

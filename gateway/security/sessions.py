@@ -45,9 +45,23 @@ class SessionPolicy:
     #: A used refresh token presented again within this interval gets its successor (0: never).
     reuse_grace: timedelta = timedelta(0)
 
-    def expiry(self, family_created_at: datetime, now: datetime) -> datetime:
-        """When a refresh token issued ``now`` expires."""
-        return min(now + self.idle, family_created_at + self.absolute)
+    def expiry(
+        self, family_created_at: datetime, now: datetime, not_after: datetime | None = None
+    ) -> datetime:
+        """When a refresh token issued ``now`` expires (never past ``not_after``, an SSO session's cap)."""
+        limit = min(now + self.idle, family_created_at + self.absolute)
+        return limit if not_after is None else min(limit, not_after)
+
+
+@dataclass(frozen=True, slots=True)
+class IdpLink:
+    """What a session started by single sign-on remembers of the identity provider's session."""
+
+    issuer: str
+    subject: str
+    sid: str | None
+    id_token_encrypted: str | None
+    not_after: datetime | None
 
 
 async def session_policy(session: AsyncSession) -> SessionPolicy:
@@ -75,8 +89,12 @@ async def start_session(
     now: datetime,
     client_addr: str | None,
     user_agent: str | None,
+    idp: IdpLink | None = None,
 ) -> tuple[AuthSession, str]:
     """Start a new session family for ``user_id``; returns its first row and the refresh token.
+
+    ``idp`` ties a session started by single sign-on to the provider's session (back-channel logout)
+    and caps its lifetime.
 
     The user's families past their absolute lifetime are deleted on the way (they can never be used
     again, and keeping them would let the table grow with every refresh).
@@ -93,10 +111,18 @@ async def start_session(
         refresh_token_hash=hash_token(token),
         created_at=now,
         family_created_at=now,
-        expires_at=policy.expiry(now, now),
+        expires_at=policy.expiry(now, now, idp.not_after if idp else None),
         client_addr=client_addr[:64] if client_addr else None,
         user_agent=user_agent[:256] if user_agent else None,
     )
+    if idp is not None:
+        row.idp_issuer = idp.issuer
+        row.idp_subject = idp.subject
+        row.idp_sid = idp.sid
+        row.id_token_encrypted = idp.id_token_encrypted
+        row.not_after = idp.not_after
+    if row.expires_at <= now:
+        raise ValueError("the session would end before it starts (the provider's cap has passed)")
     session.add(row)
     await session.flush()
     return row, token
@@ -202,9 +228,14 @@ async def rotate(
         refresh_token_hash=hash_token(new_token),
         created_at=now,
         family_created_at=row.family_created_at,
-        expires_at=policy.expiry(row.family_created_at, now),
+        expires_at=policy.expiry(row.family_created_at, now, row.not_after),
         client_addr=row.client_addr,
         user_agent=row.user_agent,
+        idp_issuer=row.idp_issuer,
+        idp_sid=row.idp_sid,
+        idp_subject=row.idp_subject,
+        id_token_encrypted=row.id_token_encrypted,
+        not_after=row.not_after,
     )
     if successor.expires_at <= now:
         raise RefreshRejected("session expired", row)
@@ -300,6 +331,34 @@ async def load_session_user(
         return None
     user = rows[0][0]
     return user, frozenset(role for _, role in rows if role is not None)
+
+
+async def revoke_idp_sessions(
+    session: AsyncSession, *, issuer: str, sid: str | None, subject: str | None, reason: str, now: datetime
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Revoke every live session started by ``issuer`` with this ``sid`` (or, without one, this subject).
+
+    Returns:
+        The (user id, session family) of each session that was still live.
+    """
+    condition = (
+        col(AuthSession.idp_sid) == sid if sid is not None else col(AuthSession.idp_subject) == subject
+    )
+    live = await session.exec(
+        select(AuthSession.user_id, AuthSession.family_id)
+        .where(
+            col(AuthSession.idp_issuer) == issuer,
+            condition,
+            col(AuthSession.used_at).is_(None),
+            col(AuthSession.revoked_at).is_(None),
+            AuthSession.expires_at > now,
+        )
+        .distinct()
+    )
+    ended = [(user_id, family_id) for user_id, family_id in live.all()]
+    for _, family_id in ended:
+        await revoke_family(session, family_id, reason=reason, now=now)
+    return ended
 
 
 async def purge_dead_sessions(session: AsyncSession, *, policy: SessionPolicy, now: datetime) -> int:
