@@ -14,7 +14,18 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from auth_db.engine import create_autocommit_session_factory, create_engine, create_session_factory
 from auth_db.hotpath import create_hot_store
-from gateway.api import audit, auth, break_glass, care_team, health, letters, patients, users
+from gateway.api import (
+    audit,
+    auth,
+    break_glass,
+    care_team,
+    health,
+    letters,
+    patients,
+    sso,
+    user_identities,
+    users,
+)
 from gateway.api import metrics as metrics_api
 from gateway.api import settings as settings_api
 from gateway.audit import AuditLog
@@ -26,7 +37,9 @@ from gateway.middleware import GatewayMiddleware
 from gateway.security.authz import Authoriser, watch_authorisation_changes
 from gateway.security.principal import Role
 from gateway.security.tokens import AccessTokenVerifier
+from gateway.services.sso import SsoService
 from gateway.settings import ConfigError, Settings, load_settings
+from gateway.sso.provider import ProviderClient, create_idp_http_client
 from gateway.tracing import setup_tracing
 from gateway.upstream.ehrbase import create_ehrbase_client
 from gateway.upstream.fhir import FhirClient
@@ -80,6 +93,17 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.audit = AuditLog(app.state.autocommit_session_factory, writer=writer)
         app.state.fhir = FhirClient(settings)
         app.state.ehrbase = create_ehrbase_client(settings)
+        idp_http = create_idp_http_client() if settings.oidc_providers else None
+        app.state.sso = (
+            SsoService(
+                settings,
+                factory,
+                app.state.audit,
+                {p.id: ProviderClient(p, idp_http) for p in settings.oidc_providers},
+            )
+            if idp_http is not None
+            else None
+        )
         observer = PrometheusObserver()
         install_observer(app.state.fhir, observer)
         install_observer(app.state.ehrbase, observer)
@@ -95,6 +119,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         try:
             yield
         finally:
+            if idp_http is not None:
+                await idp_http.aclose()
             await app.state.ehrbase.aclose()
             await app.state.fhir.aclose()
             await writer.close()
@@ -138,7 +164,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(metrics_api.router)
     app.include_router(auth.router)
+    app.include_router(sso.router)
     app.include_router(users.router)
+    app.include_router(user_identities.router)
     app.include_router(settings_api.router)
     app.include_router(break_glass.router)
     app.include_router(care_team.me_router)

@@ -62,6 +62,7 @@ class UserPublic(BaseModel):
     is_active: bool
     must_change_password: bool
     totp_enabled: bool
+    sso_only: bool = Field(description="Signs in through an identity provider only (no local password).")
     created_at: datetime
     last_login_at: datetime | None
 
@@ -152,6 +153,11 @@ class UserCreate(Strict):
         default=None,
         description="Omit to have a random temporary password generated and returned once.",
     )
+    sso_only: bool = Field(
+        default=False,
+        description="An account for single sign-on only: no local password (link its identity next, "
+        "POST /admin/users/{id}/identities). initial_password must then be omitted.",
+    )
 
 
 class UserCreated(BaseModel):
@@ -165,6 +171,11 @@ class UserUpdate(Strict):
     display_name: DisplayName | None = None
     email: EmailStr | None = None
     roles: list[Role] | None = Field(default=None, min_length=1)
+    sso_only: bool | None = Field(
+        default=None,
+        description="true: refuse the local password from now on (needs a linked identity); "
+        "false: allow it again (then reset the password).",
+    )
 
 
 class UserPage(BaseModel):

@@ -70,7 +70,8 @@ async def me_of(session: SessionDep, principal: Principal) -> MeResponse:
     )
 
 
-def _set_cookies(response: Response, settings: Settings, issued: IssuedTokens) -> str:
+def set_session_cookies(response: Response, settings: Settings, issued: IssuedTokens) -> str:
+    """Set the session's access, refresh and CSRF cookies (password and SSO logins alike); the CSRF token."""
     csrf = session_csrf_token(settings, issued.session_family)
     refresh_age = max(1, int((issued.refresh_expires_at - utcnow()).total_seconds()))
     set_auth_cookies(
@@ -106,7 +107,7 @@ async def login(
     issued = await authenticator.login(
         Credentials(body.username, body.password, body.totp_code, body.recovery_code), client
     )
-    csrf = _set_cookies(response, settings, issued)
+    csrf = set_session_cookies(response, settings, issued)
     principal = await _principal_after_login(request, session, issued)
     return LoginResponse(user=await me_of(session, principal), expires_in=issued.expires_in, csrf_token=csrf)
 
@@ -156,7 +157,7 @@ async def refresh(
         raise invalid_refresh_token()
     check_csrf(request, settings)
     issued = await authenticator.refresh(cookie)
-    csrf = _set_cookies(response, settings, issued)
+    csrf = set_session_cookies(response, settings, issued)
     return RefreshResponse(expires_in=issued.expires_in, csrf_token=csrf)
 
 

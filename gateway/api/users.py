@@ -28,7 +28,7 @@ from gateway.api.account_schemas import (
 )
 from gateway.audit import Actor, AuditLog, Outcome
 from gateway.deps import AuditDep, SessionDep
-from gateway.errors import ApiError, problem_responses
+from gateway.errors import ApiError, Conflict, UnprocessableEntity, problem_responses
 from gateway.security import throttle
 from gateway.security.deps import PasswordsDep, require
 from gateway.security.passwords import check_password_policy, generate_password
@@ -36,6 +36,8 @@ from gateway.security.principal import Permission, Principal, Role
 from gateway.security.sessions import revoke_user_sessions
 from gateway.security.totp import clear_totp
 from gateway.services import accounts
+from gateway.services.identities import identities_of
+from gateway.services.sso import NO_LOCAL_PASSWORD
 
 router = APIRouter(prefix="/admin/users", tags=["admin: users"])
 Admin = Annotated[Principal, Depends(require(Permission.user_admin))]
@@ -46,7 +48,7 @@ def _actor(principal: Principal) -> Actor:
     return Actor(principal.user_id, principal.username)
 
 
-def _stage_success(
+def stage_success(
     audit: AuditLog,
     session: AsyncSession,
     admin: Principal,
@@ -67,7 +69,7 @@ def _stage_success(
 
 
 @asynccontextmanager
-async def _refusal_audited(
+async def refusal_audited(
     audit: AuditLog,
     admin: Principal,
     action: str,
@@ -114,18 +116,27 @@ async def create_user(
         )
         raise
     temporary = None
-    if body.initial_password is None:
-        temporary = generate_password()
+    if body.sso_only:
+        if body.initial_password is not None:
+            raise UnprocessableEntity(
+                "An SSO-only account has no local password; omit initial_password.", code="validation_error"
+            )
+        password_hash = NO_LOCAL_PASSWORD
     else:
-        check_password_policy(body.initial_password, [body.username, body.display_name, body.email or ""])
+        if body.initial_password is None:
+            temporary = generate_password()
+        else:
+            check_password_policy(body.initial_password, [body.username, body.display_name, body.email or ""])
+        password_hash = await passwords.hash(body.initial_password or temporary or "")
     user = await accounts.create_user(
         session,
         username=body.username,
         display_name=body.display_name,
         email=body.email,
         roles=body.roles,
-        password_hash=await passwords.hash(body.initial_password or temporary or ""),
-        must_change_password=True,
+        password_hash=password_hash,
+        must_change_password=not body.sso_only,
+        sso_only=body.sso_only,
     )
     audit.stage(
         session,
@@ -134,7 +145,7 @@ async def create_user(
         actor=_actor(admin),
         target_type="user",
         target_id=str(user.id),
-        details={"roles": sorted(body.roles)},
+        details={"roles": sorted(body.roles), "sso_only": body.sso_only},
     )
     return UserCreated(user=accounts.public(user, body.roles), temporary_password=temporary)
 
@@ -175,7 +186,7 @@ async def update_user(
     details: dict[str, object] = {"fields": sorted(body.model_fields_set)}
     if body.roles is not None and set(body.roles) != set(roles):
         new_roles = frozenset(body.roles)
-        async with _refusal_audited(
+        async with refusal_audited(
             audit, admin, "admin.user_update", user_id, details={"roles": sorted(new_roles)}
         ):
             accounts.check_grantable(admin, new_roles - roles)
@@ -186,13 +197,26 @@ async def update_user(
         roles = new_roles
     if body.display_name is not None:
         user.display_name = body.display_name
+    if body.sso_only is not None and body.sso_only != user.sso_only:
+        if body.sso_only:
+            async with refusal_audited(
+                audit, admin, "admin.user_update", user_id, reason="no identity linked"
+            ):
+                if not await identities_of(session, user_id):
+                    raise Conflict(
+                        "Link an identity first (POST /admin/users/{id}/identities); the account could "
+                        "not sign in at all.",
+                        code="no_identity_linked",
+                    )
+        user.sso_only = body.sso_only
+        details["sso_only"] = body.sso_only
     if "email" in body.model_fields_set:
         await accounts.ensure_email_free(session, body.email, except_id=user_id)
         user.email = body.email.lower() if body.email else None
     user.updated_at = utcnow()
     session.add(user)
     await session.flush()
-    _stage_success(audit, session, admin, "admin.user_update", user_id, details)
+    stage_success(audit, session, admin, "admin.user_update", user_id, details)
     return accounts.public(user, roles)
 
 
@@ -202,7 +226,7 @@ async def disable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, au
     user = await accounts.get_user(session, user_id)
     roles = await accounts.roles_of(session, user_id)
     if Role.admin in roles and user.is_active:
-        async with _refusal_audited(
+        async with refusal_audited(
             audit, admin, "admin.user_disable", user_id, reason="last active administrator"
         ):
             await accounts.ensure_not_last_admin(session, user_id)
@@ -210,7 +234,7 @@ async def disable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, au
     user.updated_at = utcnow()
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="account_disabled", now=utcnow())
-    _stage_success(audit, session, admin, "admin.user_disable", user_id, {"sessions_ended": ended})
+    stage_success(audit, session, admin, "admin.user_disable", user_id, {"sessions_ended": ended})
     return accounts.public(user, roles)
 
 
@@ -221,7 +245,7 @@ async def enable_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     user.is_active = True
     user.updated_at = utcnow()
     session.add(user)
-    _stage_success(audit, session, admin, "admin.user_enable", user_id)
+    stage_success(audit, session, admin, "admin.user_enable", user_id)
     return accounts.public(user, await accounts.roles_of(session, user_id))
 
 
@@ -236,7 +260,7 @@ async def reset_password(
 ) -> PasswordResetResult:
     """Set a temporary password (to be changed at next login) and end all sessions."""
     user = await accounts.get_user(session, user_id)
-    async with _refusal_audited(audit, admin, "admin.password_reset", user_id, reason="role escalation"):
+    async with refusal_audited(audit, admin, "admin.password_reset", user_id, reason="role escalation"):
         accounts.check_takeover(admin, await accounts.roles_of(session, user_id))
     temporary = None
     if body.new_password is None:
@@ -249,7 +273,7 @@ async def reset_password(
     user.password_changed_at = user.updated_at = now
     session.add(user)
     ended = await revoke_user_sessions(session, user_id, reason="password_reset", now=now)
-    _stage_success(audit, session, admin, "admin.password_reset", user_id, {"sessions_ended": ended})
+    stage_success(audit, session, admin, "admin.password_reset", user_id, {"sessions_ended": ended})
     return PasswordResetResult(temporary_password=temporary, sessions_ended=ended)
 
 
@@ -258,11 +282,11 @@ async def reset_totp(user_id: uuid.UUID, admin: Admin, session: SessionDep, audi
     """Switch off two-factor authentication of an account that lost its device; ends its sessions."""
     user = await accounts.get_user(session, user_id)
     roles = await accounts.roles_of(session, user_id)
-    async with _refusal_audited(audit, admin, "admin.totp_reset", user_id, reason="role escalation"):
+    async with refusal_audited(audit, admin, "admin.totp_reset", user_id, reason="role escalation"):
         accounts.check_takeover(admin, roles)
     await clear_totp(session, user)
     ended = await revoke_user_sessions(session, user_id, reason="totp_reset", now=utcnow())
-    _stage_success(audit, session, admin, "admin.totp_reset", user_id, {"sessions_ended": ended})
+    stage_success(audit, session, admin, "admin.totp_reset", user_id, {"sessions_ended": ended})
     return accounts.public(user, roles)
 
 
@@ -271,7 +295,7 @@ async def unlock_user(user_id: uuid.UUID, admin: Admin, session: SessionDep, aud
     """Lift a login lockout of the account now (address lockouts still expire by themselves)."""
     user = await accounts.get_user(session, user_id)
     await throttle.reset(session, throttle.account_key(user.username))
-    _stage_success(audit, session, admin, "admin.user_unlock", user_id)
+    stage_success(audit, session, admin, "admin.user_unlock", user_id)
     return accounts.public(user, await accounts.roles_of(session, user_id))
 
 
@@ -289,5 +313,5 @@ async def end_sessions(
     """End every session of an account at once (its access tokens stop working immediately)."""
     await accounts.get_user(session, user_id)
     ended = await revoke_user_sessions(session, user_id, reason="ended_by_admin", now=utcnow())
-    _stage_success(audit, session, admin, "admin.sessions_end", user_id, {"sessions_ended": ended})
+    stage_success(audit, session, admin, "admin.sessions_end", user_id, {"sessions_ended": ended})
     return SessionsEnded(sessions_ended=ended)

@@ -115,11 +115,22 @@ class Authenticator:
                 action="auth.login_throttled", outcome=Outcome.denied, actor=actor, reason="locked out"
             )
             raise throttle.TooManyAttempts("Too many failed attempts; try again later.", retry_after=locked)
+        # An SSO-only account has no usable local password: checked against the dummy hash, so that the
+        # answer and its timing are those of an unknown account.
+        local = user is not None and not user.sso_only
         valid, new_hash = await self.passwords.verify_and_update(
-            credentials.password, user.password_hash if user else None
+            credentials.password, user.password_hash if user is not None and local else None
         )
-        if user is None or not valid or not user.is_active:
-            reason = "unknown account" if user is None else "wrong password" if not valid else "disabled"
+        if user is None or not local or not valid or not user.is_active:
+            reason = (
+                "unknown account"
+                if user is None
+                else "sso-only account"
+                if not local
+                else "wrong password"
+                if not valid
+                else "disabled"
+            )
             await self._fail(limits, policy, actor, reason)
             raise invalid_credentials()
         if user.totp_enabled:

@@ -47,6 +47,7 @@ def public(user: User, roles: Iterable[Role]) -> UserPublic:
         is_active=user.is_active,
         must_change_password=user.must_change_password,
         totp_enabled=user.totp_enabled,
+        sso_only=user.sso_only,
         created_at=user.created_at,
         last_login_at=user.last_login_at,
     )
@@ -104,6 +105,7 @@ async def create_user(
     roles: Iterable[Role],
     password_hash: str,
     must_change_password: bool,
+    sso_only: bool = False,
 ) -> User:
     """Insert an account with its roles.
 
@@ -120,6 +122,7 @@ async def create_user(
         email=email.lower() if email else None,
         password_hash=password_hash,
         must_change_password=must_change_password,
+        sso_only=sso_only,
     )
     session.add(user)
     await session.flush()

@@ -43,6 +43,12 @@ PUBLIC = {
     ("POST", "/auth/refresh"),
     ("GET", "/auth/csrf"),
     ("POST", "/auth/logout"),
+    # Single sign-on: the provider list, the navigations of the flow, and the provider's own back-channel
+    # call (authenticated by its signed logout token, not by a session); see docs/sso.md.
+    ("GET", "/auth/sso/providers"),
+    ("GET", "/auth/sso/{provider_id}/login"),
+    ("GET", "/auth/sso/{provider_id}/callback"),
+    ("POST", "/auth/sso/{provider_id}/backchannel-logout"),
 }
 PATIENT = "1001"
 LETTER = eb.VERSION_1

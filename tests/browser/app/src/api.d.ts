@@ -178,6 +178,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/users/{user_id}/identities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Identities
+         * @description The identities linked to an account.
+         */
+        get: operations["list_identities_admin_users__user_id__identities_get"];
+        put?: never;
+        /**
+         * Add Identity
+         * @description Link an identity: at its first SSO login through that provider, it signs in as this account.
+         */
+        post: operations["add_identity_admin_users__user_id__identities_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/users/{user_id}/identities/{identity_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove Identity
+         * @description Unlink an identity; the sessions it started end at once.
+         */
+        delete: operations["remove_identity_admin_users__user_id__identities__identity_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/users/{user_id}/reset-password": {
         parameters: {
             query?: never;
@@ -423,6 +467,131 @@ export interface paths {
          * @description End one of the own sessions, or every one except the current (needs the password again).
          */
         post: operations["end_own_sessions_auth_sessions_end_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/sso/logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sso Logout
+         * @description End this gateway session, and say where to send the browser to end the provider's session too.
+         */
+        post: operations["sso_logout_auth_sso_logout_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/sso/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Providers
+         * @description The identity providers for the login page's "Sign in with …" buttons (empty: local accounts only).
+         */
+        get: operations["list_providers_auth_sso_providers_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/sso/{provider_id}/backchannel-logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Backchannel Logout
+         * @description OpenID Connect Back-Channel Logout 1.0: the provider ends every gateway session of its session.
+         *
+         *     Called by the provider, server to server, without cookies; the logout token is the only credential.
+         */
+        post: operations["backchannel_logout_auth_sso__provider_id__backchannel_logout_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/sso/{provider_id}/callback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Callback
+         * @description The provider's redirect back: validates everything, then sets the gateway's session cookies.
+         */
+        get: operations["callback_auth_sso__provider_id__callback_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/sso/{provider_id}/link": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start Link
+         * @description Link the signed-in local account to its identity at a provider (needs the password again).
+         *
+         *     The answer's ``authorize_url`` starts a sign-in at the provider; when it comes back, the identity is
+         *     bound to this account (refused if it belongs to another) and this browser is signed in through it.
+         */
+        post: operations["start_link_auth_sso__provider_id__link_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/sso/{provider_id}/login": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Start Login
+         * @description Start signing in at the provider: redirects the browser to its authorization endpoint.
+         */
+        get: operations["start_login_auth_sso__provider_id__login_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -866,6 +1035,14 @@ export interface components {
             /** Name */
             name: string;
         };
+        /** Body_backchannel_logout_auth_sso__provider_id__backchannel_logout_post */
+        Body_backchannel_logout_auth_sso__provider_id__backchannel_logout_post: {
+            /**
+             * Logout Token
+             * @default
+             */
+            logout_token: string;
+        };
         /** Body_token_auth_token_post */
         Body_token_auth_token_post: {
             /** Grant Type */
@@ -1060,6 +1237,43 @@ export interface components {
             value?: string | null;
         };
         /**
+         * IdentityLink
+         * @description Bind an identity at a configured provider to this account.
+         */
+        IdentityLink: {
+            /**
+             * Provider
+             * @description The provider's id (OIDC_PROVIDERS).
+             */
+            provider: string;
+            /**
+             * Subject
+             * @description The user's `sub` at that provider (Keycloak user id, Entra object id, CIS2 UUID).
+             */
+            subject: string;
+        };
+        /**
+         * IdentityPublic
+         * @description An identity at a provider, linked to an account.
+         */
+        IdentityPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Id */
+            id: number;
+            /** Issuer */
+            issuer: string;
+            /** Last Login At */
+            last_login_at: string | null;
+            /** Provider */
+            provider: string;
+            /** Subject */
+            subject: string;
+        };
+        /**
          * LetterAmend
          * @description A new version of a letter; amending a final letter needs a ``reason``.
          */
@@ -1249,6 +1463,11 @@ export interface components {
             permissions: components["schemas"]["Permission"][];
             /** Roles */
             roles: components["schemas"]["Role"][];
+            /**
+             * Sso Only
+             * @description Signs in through an identity provider only (no local password).
+             */
+            sso_only: boolean;
             /** Totp Enabled */
             totp_enabled: boolean;
             /**
@@ -1271,6 +1490,19 @@ export interface components {
              * @description Linked patient ids the FHIR server no longer returns.
              */
             missing?: string[];
+        };
+        /**
+         * OidcErrorBody
+         * @description The error answer Back-Channel Logout 1.0 prescribes (HTTP 400), not a problem document.
+         */
+        OidcErrorBody: {
+            /**
+             * Error
+             * @example invalid_request
+             */
+            error: string;
+            /** Error Description */
+            error_description: string;
         };
         /** PasswordChange */
         PasswordChange: {
@@ -1563,6 +1795,53 @@ export interface components {
             value: boolean | number | string;
         };
         /**
+         * SsoAuthorization
+         * @description Navigate the browser to ``authorize_url``; the provider sends it back to the gateway's callback.
+         */
+        SsoAuthorization: {
+            /** Authorize Url */
+            authorize_url: string;
+        };
+        /**
+         * SsoLinkStart
+         * @description Re-enter the password to link an identity at a provider to the signed-in account.
+         */
+        SsoLinkStart: {
+            /**
+             * Password
+             * Format: password
+             */
+            password: string;
+            /** Return To */
+            return_to?: string | null;
+        };
+        /**
+         * SsoLogoutResult
+         * @description The gateway session has ended; navigate to ``end_session_url`` to end the provider's session too.
+         */
+        SsoLogoutResult: {
+            /**
+             * End Session Url
+             * @description The provider's logout page (RP-initiated logout), or null for a local session.
+             */
+            end_session_url: string | null;
+        };
+        /**
+         * SsoProvider
+         * @description One identity provider the login page offers.
+         */
+        SsoProvider: {
+            /** Display Name */
+            display_name: string;
+            /** Id */
+            id: string;
+            /**
+             * Login Url
+             * @description Navigate the browser here (add ?return_to=/path to come back there).
+             */
+            login_url: string;
+        };
+        /**
          * TokenResponse
          * @description OAuth2 token response for tools (``POST /auth/token`` and ``POST /auth/refresh`` with a body).
          */
@@ -1627,6 +1906,12 @@ export interface components {
             initial_password?: string | null;
             /** Roles */
             roles: components["schemas"]["Role"][];
+            /**
+             * Sso Only
+             * @description An account for single sign-on only: no local password (link its identity next, POST /admin/users/{id}/identities). initial_password must then be omitted.
+             * @default false
+             */
+            sso_only: boolean;
             /** Username */
             username: string;
         };
@@ -1677,6 +1962,11 @@ export interface components {
             must_change_password: boolean;
             /** Roles */
             roles: components["schemas"]["Role"][];
+            /**
+             * Sso Only
+             * @description Signs in through an identity provider only (no local password).
+             */
+            sso_only: boolean;
             /** Totp Enabled */
             totp_enabled: boolean;
             /** Username */
@@ -1690,6 +1980,11 @@ export interface components {
             email?: string | null;
             /** Roles */
             roles?: components["schemas"]["Role"][] | null;
+            /**
+             * Sso Only
+             * @description true: refuse the local password from now on (needs a linked identity); false: allow it again (then reset the password).
+             */
+            sso_only?: boolean | null;
         };
     };
     responses: never;
@@ -2412,6 +2707,205 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["UserPublic"];
                 };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_identities_admin_users__user_id__identities_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityPublic"][];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    add_identity_admin_users__user_id__identities_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IdentityLink"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityPublic"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    remove_identity_admin_users__user_id__identities__identity_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+                identity_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Not authenticated */
             401: {
@@ -3215,6 +3709,296 @@ export interface operations {
             };
             /** @description Too many requests */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    sso_logout_auth_sso_logout_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SsoLogoutResult"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_providers_auth_sso_providers_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SsoProvider"][];
+                };
+            };
+        };
+    };
+    backchannel_logout_auth_sso__provider_id__backchannel_logout_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/x-www-form-urlencoded": components["schemas"]["Body_backchannel_logout_auth_sso__provider_id__backchannel_logout_post"];
+            };
+        };
+        responses: {
+            /** @description The sessions of that provider session have ended (or there were none). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The logout token is not valid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OidcErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    callback_auth_sso__provider_id__callback_get: {
+        parameters: {
+            query?: {
+                state?: string | null;
+                code?: string | null;
+                iss?: string | null;
+                error?: string | null;
+            };
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Redirect: to the identity provider, or back to the frontend (see docs/sso.md). */
+            303: {
+                headers: {
+                    /** @description Where the browser goes. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    start_link_auth_sso__provider_id__link_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SsoLinkStart"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SsoAuthorization"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Upstream or auth database unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    start_login_auth_sso__provider_id__login_get: {
+        parameters: {
+            query?: {
+                return_to?: string | null;
+            };
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Redirect: to the identity provider, or back to the frontend (see docs/sso.md). */
+            303: {
+                headers: {
+                    /** @description Where the browser goes. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
