@@ -36,8 +36,7 @@ from gateway.security.principal import Permission, Principal, Role
 from gateway.security.sessions import revoke_user_sessions
 from gateway.security.totp import clear_totp
 from gateway.services import accounts
-from gateway.services.identities import identities_of
-from gateway.services.sso import NO_LOCAL_PASSWORD
+from gateway.services.identities import NO_LOCAL_PASSWORD, identities_of
 
 router = APIRouter(prefix="/admin/users", tags=["admin: users"])
 Admin = Annotated[Principal, Depends(require(Permission.user_admin))]

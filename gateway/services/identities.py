@@ -9,16 +9,31 @@ nothing about who owns an account here.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth_db.models import AuthSession, UserIdentity
+from auth_db.models import AuthSession, User, UserIdentity
 from auth_db.types import utcnow
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
+from gateway.security.principal import Role
 from gateway.security.sessions import revoke_family
 from gateway.settings import Settings
-from gateway.sso.config import OidcProvider
+from gateway.sso.config import OidcProvider, Provisioning
+
+#: The password hash of an account that has never had a local password (no password ever matches it).
+NO_LOCAL_PASSWORD = "!sso-only"  # noqa: S105 - a marker, not a hash of anything
+
+
+class LinkRefused(Exception):
+    """An identity cannot be bound to an account; ``code`` is stable (docs/sso.md)."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
 
 
 def provider_or_422(settings: Settings, provider_id: str) -> OidcProvider:
@@ -105,3 +120,74 @@ async def unlink_identity(
     await session.delete(identity)
     await session.flush()
     return identity, len(families)
+
+
+async def create_jit_user(session: AsyncSession, provider: OidcProvider, claims: dict[str, Any]) -> User:
+    """A new SSO-only account for an unknown identity (provider opted in to just-in-time creation)."""
+    preferred = claims.get("preferred_username")
+    base = f"{provider.id}.{preferred if isinstance(preferred, str) and preferred else claims['sub']}"
+    base = "".join(ch for ch in base.lower() if ch.isalnum() or ch in "._-@")[:56]
+    username = base
+    for _ in range(5):
+        taken = (await session.exec(select(User.id).where(User.username == username))).first()
+        if taken is None:
+            break
+        username = f"{base}-{uuid.uuid4().hex[:6]}"
+    name = claims.get("name")
+    user = User(
+        username=username,
+        display_name=(name if isinstance(name, str) and name.strip() else username)[:200],
+        email=None,  # never taken from the provider: an email is not an identity (docs/sso.md)
+        password_hash=NO_LOCAL_PASSWORD,
+        sso_only=True,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def resolve_account(
+    session: AsyncSession,
+    provider: OidcProvider,
+    identity: UserIdentity | None,
+    claims: dict[str, Any],
+    *,
+    link_user_id: uuid.UUID | None,
+    roles: frozenset[Role],
+    now: datetime,
+) -> User:
+    """The local account of an identity: linked, being linked by its signed-in owner, or created just in time.
+
+    Raises:
+        LinkRefused: ``identity_taken``, ``account_not_linked`` or ``no_roles``.
+    """
+    if identity is not None:
+        if link_user_id is not None and identity.user_id != link_user_id:
+            raise LinkRefused("identity_taken", "this identity is linked to another account")
+        identity.last_login_at = now
+        session.add(identity)
+        user = await session.get(User, identity.user_id)
+        assert user is not None
+        return user
+    if link_user_id is not None:
+        user = await session.get(User, link_user_id)
+        if user is None:
+            raise LinkRefused("account_not_linked")
+    elif provider.provisioning is Provisioning.jit:
+        if not roles:
+            raise LinkRefused("no_roles", "the provider's claims map to no gateway role")
+        user = await create_jit_user(session, provider, claims)
+    else:
+        raise LinkRefused("account_not_linked", "no account is linked to this identity")
+    session.add(
+        UserIdentity(
+            user_id=user.id,
+            provider_id=provider.id,
+            issuer=provider.issuer,
+            subject=str(claims["sub"]),
+            created_at=now,
+            last_login_at=now,
+        )
+    )
+    await session.flush()
+    return user

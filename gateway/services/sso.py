@@ -23,15 +23,15 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlmodel import col, select
 
 from auth_db.engine import SessionFactory, transaction
-from auth_db.models import AuthSession, User, UserIdentity
+from auth_db.models import AuthSession, UserIdentity
 from auth_db.types import utcnow
 from gateway.audit import Actor, AuditLog, Outcome
 from gateway.security import sessions as session_store
 from gateway.security.authn import ClientInfo, IssuedTokens
 from gateway.security.keys import derive_key
-from gateway.security.principal import Role
 from gateway.security.tokens import issue_access_token
 from gateway.services.accounts import set_roles
+from gateway.services.identities import LinkRefused, resolve_account
 from gateway.settings import Settings
 from gateway.sso.config import OidcProvider, Provisioning
 from gateway.sso.logins import LoginRejected, consume_login, create_login, remember_logout_token
@@ -40,9 +40,6 @@ from gateway.sso.roles import mapped_roles
 from gateway.sso.tokens import TokenRejected
 
 logger = logging.getLogger("gateway.sso")
-
-#: The password hash of an account that has never had a local password (no password ever matches it).
-NO_LOCAL_PASSWORD = "!sso-only"  # noqa: S105 - a marker, not a hash of anything
 
 
 class SsoFailed(Exception):
@@ -225,7 +222,12 @@ class SsoService:
                     select(UserIdentity).where(UserIdentity.issuer == issuer, UserIdentity.subject == subject)
                 )
             ).first()
-            user = await self._account(session, provider, identity, claims, link_user_id, roles, now)
+            try:
+                user = await resolve_account(
+                    session, provider, identity, claims, link_user_id=link_user_id, roles=roles, now=now
+                )
+            except LinkRefused as refused:
+                raise SsoFailed(refused.code, refused.detail) from None
             actor = Actor(user.id, user.username)
             if not user.is_active:
                 raise SsoFailed("account_disabled", actor=actor)
@@ -254,48 +256,6 @@ class SsoService:
                 self.settings, user_id=user.id, session_family=row.family_id, now=now
             )
             return IssuedTokens(user.id, user.username, row.family_id, access, ttl, refresh, row.expires_at)
-
-    async def _account(
-        self,
-        session: Any,
-        provider: OidcProvider,
-        identity: UserIdentity | None,
-        claims: dict[str, Any],
-        link_user_id: uuid.UUID | None,
-        roles: frozenset[Role],
-        now: datetime,
-    ) -> User:
-        """The local account of the identity: linked, being linked, or created just in time."""
-        if identity is not None:
-            if link_user_id is not None and identity.user_id != link_user_id:
-                raise SsoFailed("identity_taken", "this identity is linked to another account")
-            identity.last_login_at = now
-            session.add(identity)
-            user = await session.get(User, identity.user_id)
-            assert user is not None
-            return user  # type: ignore[no-any-return]
-        if link_user_id is not None:
-            user = await session.get(User, link_user_id)
-            if user is None:
-                raise SsoFailed("account_not_linked")
-        elif provider.provisioning is Provisioning.jit:
-            if not roles:
-                raise SsoFailed("no_roles", "the provider's claims map to no gateway role")
-            user = await _create_jit_user(session, provider, claims)
-        else:
-            raise SsoFailed("account_not_linked", "no account is linked to this identity")
-        session.add(
-            UserIdentity(
-                user_id=user.id,
-                provider_id=provider.id,
-                issuer=provider.issuer,
-                subject=str(claims["sub"]),
-                created_at=now,
-                last_login_at=now,
-            )
-        )
-        await session.flush()
-        return user  # type: ignore[no-any-return]
 
     # --- logout ---------------------------------------------------------------------------------
     async def backchannel_logout(self, audit: AuditLog, client: ProviderClient, logout_token: str) -> int:
@@ -411,27 +371,3 @@ def _not_after(provider: OidcProvider, claims: dict[str, Any], now: datetime) ->
     auth_time = claims.get("auth_time")
     start = datetime.fromtimestamp(auth_time, UTC) if isinstance(auth_time, int | float) else now
     return min(start, now) + timedelta(minutes=provider.session_max_minutes)
-
-
-async def _create_jit_user(session: Any, provider: OidcProvider, claims: dict[str, Any]) -> User:
-    """A new SSO-only account for an unknown identity (provider opted in to just-in-time creation)."""
-    preferred = claims.get("preferred_username")
-    base = f"{provider.id}.{preferred if isinstance(preferred, str) and preferred else claims['sub']}"
-    base = "".join(ch for ch in base.lower() if ch.isalnum() or ch in "._-@")[:56]
-    username = base
-    for _ in range(5):
-        taken = (await session.exec(select(User.id).where(User.username == username))).first()
-        if taken is None:
-            break
-        username = f"{base}-{uuid.uuid4().hex[:6]}"
-    name = claims.get("name")
-    user = User(
-        username=username,
-        display_name=(name if isinstance(name, str) and name.strip() else username)[:200],
-        email=None,  # never taken from the provider: an email is not an identity (docs/sso.md)
-        password_hash=NO_LOCAL_PASSWORD,
-        sso_only=True,
-    )
-    session.add(user)
-    await session.flush()
-    return user
