@@ -123,11 +123,9 @@ def binding_cookie_name(settings: Settings) -> str:
 
 
 def _error_redirect(settings: Settings, code: str) -> RedirectResponse:
-    response = RedirectResponse(f"{settings.frontend_base}/?{urlencode({'sso_error': code})}", 303, NO_STORE)
-    response.delete_cookie(
-        binding_cookie_name(settings), path="/", secure=settings.cookie_secure, httponly=True
-    )
-    return response
+    # The binding cookie stays: a forged callback must not break the login this browser has in flight
+    # (the cookie expires with its transaction anyway).
+    return RedirectResponse(f"{settings.frontend_base}/?{urlencode({'sso_error': code})}", 303, NO_STORE)
 
 
 @router.get("/providers", response_model=list[SsoProvider])

@@ -258,6 +258,18 @@ class TestCallback:
         assert sso_error(replay) == "state_replayed"
         assert idp.token_calls == 1
 
+    async def test_a_forged_callback_does_not_break_the_login_in_flight(
+        self, sso_client: httpx.AsyncClient, idp: FakeIdp, session_factory: SessionFactory
+    ) -> None:
+        await linked_user(session_factory)
+        authorize = await start(sso_client)
+        forged = await sso_client.get("/auth/sso/hospital/callback", params={"state": "forged", "code": "x"})
+        assert sso_error(forged) == "invalid_state"
+        real = await sso_client.get(
+            "/auth/sso/hospital/callback", params=idp.approve(authorize, clinician_claims())
+        )
+        assert real.headers["location"] == f"{FRONTEND}/patients/42"
+
     async def test_unknown_and_missing_state(self, sso_client: httpx.AsyncClient, idp: FakeIdp) -> None:
         await start(sso_client)
         for params in ({"state": "forged", "code": "c"}, {"code": "c"}):
