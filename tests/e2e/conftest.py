@@ -17,6 +17,7 @@ keep their data between runs, so every run uses its own random family name and N
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -43,6 +44,7 @@ REQUIRED = (
     "E2E_EHRBASE_ADMIN_USER",
     "E2E_EHRBASE_ADMIN_PASSWORD",
     "E2E_GATEWAY_ADMIN_DB_URL",
+    "E2E_KEYCLOAK_URL",
 )
 AUTH_DB = "gateway_e2e"
 ADMIN_USER = "e2e.admin"
@@ -71,6 +73,8 @@ class Stack:
     ehrbase_user: tuple[str, str]
     namespace: str
     log_path: Path
+    #: The auth database (only the SSO scenario reads it: to age a login transaction past its TTL).
+    database_url: str = ""
     admin_token: str = ""
     clinician: dict[str, Any] = field(default_factory=dict)
     clinician_token: str = ""
@@ -95,6 +99,37 @@ class Stack:
         return rows
 
 
+#: The gateway's clients in the Keycloak realms of tests/e2e/infra/keycloak (docs/sso.md).
+SSO_PROVIDERS = {
+    "hospital": {"realm": "hospital", "secret": "gateway-e2e-secret", "provisioning": "pre_provisioned"},
+    "clinic": {"realm": "clinic", "secret": "clinic-e2e-secret", "provisioning": "jit"},
+}
+
+
+def sso_env(gateway_url: str) -> dict[str, str]:
+    """Single sign-on settings: the ``hospital`` realm pre-provisioned, the ``clinic`` realm just in time."""
+    keycloak = os.environ["E2E_KEYCLOAK_URL"].rstrip("/")
+    providers = [
+        {
+            "id": name,
+            "display_name": f"Sign in with the {name}",
+            "issuer": f"{keycloak}/realms/{spec['realm']}",
+            "client_id": "gateway",
+            "client_secret": spec["secret"],
+            "roles_claim": "realm_access.roles",
+            "role_map": {"gateway-clinician": ["clinician"], "gateway-admin": ["admin"]},
+            "provisioning": spec["provisioning"],
+        }
+        for name, spec in SSO_PROVIDERS.items()
+    ]
+    return {
+        "OIDC_PROVIDERS": json.dumps(providers),
+        "GATEWAY_PUBLIC_URL": gateway_url,
+        # No separate frontend in this suite: the browser is sent back to the gateway's own origin.
+        "FRONTEND_URL": gateway_url,
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,8 +142,11 @@ def stack() -> Iterator[Stack]:
     """The gateway process with a fresh auth database, our template in EHRbase and a first admin."""
     database_url = recreate_database(os.environ["E2E_GATEWAY_ADMIN_DB_URL"], AUTH_DB)
     namespace = "fhir-patient"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     env = gateway_env(
         database_url,
+        **sso_env(url),
         EHRBASE_SUBJECT_NAMESPACE=namespace,
         # Outage scenario: see readiness and the breaker change within seconds, not the production 5 s/30 s.
         READY_CACHE_SECONDS="0",
@@ -135,7 +173,6 @@ def stack() -> Iterator[Stack]:
         "--password-stdin",
         stdin=ADMIN_PASSWORD + "\n",
     )
-    port = _free_port()
     log_dir = ROOT / "var" / "e2e" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "gateway.log"
@@ -147,7 +184,6 @@ def stack() -> Iterator[Stack]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url, process, log_path)
         yield Stack(
@@ -157,6 +193,7 @@ def stack() -> Iterator[Stack]:
             ehrbase_user=(os.environ["E2E_EHRBASE_USER"], os.environ["E2E_EHRBASE_PASSWORD"]),
             namespace=namespace,
             log_path=log_path,
+            database_url=database_url,
         )
     finally:
         stop(process)

@@ -3,6 +3,7 @@
 #   PostgreSQL    (dedicated cluster on 127.0.0.1:$E2E_PG_PORT; data dir: see common.sh)
 #   EHRbase 2.x   (Spring Boot jar built from Maven Central artifacts, see ehrbase/pom.xml)
 #   HAPI FHIR JPA R4 (minimal launcher on HAPI's Maven Central libraries, see hapi/pom.xml)
+#   Keycloak      (the keycloak-quarkus-dist zip from Maven Central, dev mode, realms from keycloak/*.json)
 # Idempotent: what already runs is kept. Progress goes to stderr; stdout gets only `export` lines,
 # so a harness can do:  eval "$(tests/e2e/infra/up.sh)"   (also written to var/e2e/run/env.sh).
 # Stop with tests/e2e/infra/down.sh. See README.md beside this file.
@@ -155,14 +156,19 @@ SQL
 # ---------------------------------------------------------------- servers
 launch() { # launch NAME PORT JAVA_BIN JAVA_OPTS [java args...]   (env for the JVM set by caller)
     local name="$1" port="$2" javabin="$3" opts="$4"; shift 4
+    # shellcheck disable=SC2086
+    launch_cmd "$name" "$port" "$javabin" $opts -jar "$@"
+}
+
+launch_cmd() { # launch_cmd NAME PORT COMMAND [args...]  -- in its own session and process group (down.sh stops the group)
+    local name="$1" port="$2"; shift 2
     if e2e_pid_alive "$name"; then e2e_log "$name: already running (pid $(cat "$E2E_RUN_DIR/$name.pid"))"; return 0; fi
     if e2e_port_busy "$port"; then die "$name: port $port is taken by another process"; fi
     local log="$E2E_LOG_DIR/$name.log"
     [ -f "$log" ] && mv -f "$log" "$log.prev"
     e2e_log "$name: starting on 127.0.0.1:$port (log: $log)"
     date +%s > "$E2E_RUN_DIR/$name.started"
-    # shellcheck disable=SC2086
-    setsid nohup "$javabin" $opts -jar "$@" > "$log" 2>&1 < /dev/null &
+    setsid nohup "$@" > "$log" 2>&1 < /dev/null &
     echo $! > "$E2E_RUN_DIR/$name.pid"
 }
 
@@ -224,6 +230,68 @@ start_hapi() {
             "--gateway-e2e.page-size=$E2E_HAPI_DEFAULT_PAGE_SIZE" "--gateway-e2e.max-page-size=$E2E_HAPI_MAX_PAGE_SIZE"
 }
 
+keycloak_install() { # the distribution from Maven Central (cached in ~/.m2), unpacked once into $E2E_KEYCLOAK_HOME
+    local home="$E2E_KEYCLOAK_HOME" tmp zip t0
+    [ -f "$home/bin/kc.sh" ] && [ -f "$home/lib/quarkus-run.jar" ] && return 0
+    command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
+    tmp="$E2E_VAR_DIR/keycloak-download"                        # leftovers of an interrupted run go first
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    e2e_log "keycloak: fetching org.keycloak:keycloak-quarkus-dist:$E2E_KEYCLOAK_VERSION:zip with Maven (log: $E2E_LOG_DIR/keycloak-fetch.log) ..."
+    t0=$(date +%s)
+    # From a directory without a pom.xml; the plugin version pinned (Maven 3.8's default, 2.8, is from 2013).
+    # shellcheck disable=SC2086
+    if ! (cd "$tmp" && timeout "$E2E_BUILD_TIMEOUT" mvn $E2E_MVN_ARGS \
+            org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+            "-Dartifact=org.keycloak:keycloak-quarkus-dist:$E2E_KEYCLOAK_VERSION:zip" -DoutputDirectory="$tmp") \
+            > "$E2E_LOG_DIR/keycloak-fetch.log" 2>&1; then
+        tail -n 40 "$E2E_LOG_DIR/keycloak-fetch.log" >&2
+        rm -rf "$tmp"
+        die "keycloak: Maven could not fetch the distribution (see $E2E_LOG_DIR/keycloak-fetch.log)"
+    fi
+    zip="$tmp/keycloak-quarkus-dist-$E2E_KEYCLOAK_VERSION.zip"
+    [ -f "$zip" ] || { rm -rf "$tmp"; die "keycloak: $zip missing after the Maven copy"; }
+    e2e_log "keycloak: unpacking into $home"
+    if command -v unzip >/dev/null; then
+        unzip -q "$zip" -d "$tmp"
+    elif command -v python3 >/dev/null; then
+        python3 -m zipfile -e "$zip" "$tmp"
+    elif command -v jar >/dev/null; then
+        (cd "$tmp" && jar xf "$zip")
+    else
+        rm -rf "$tmp"; die "keycloak: neither unzip, python3 nor jar to unpack $zip"
+    fi
+    [ -f "$tmp/keycloak-$E2E_KEYCLOAK_VERSION/bin/kc.sh" ] || { rm -rf "$tmp"; die "keycloak: unexpected layout of $zip"; }
+    chmod +x "$tmp/keycloak-$E2E_KEYCLOAK_VERSION"/bin/*.sh      # python3 -m zipfile and jar drop the exec bits
+    rm -rf "$home"                                               # a partial copy of an interrupted run
+    mv "$tmp/keycloak-$E2E_KEYCLOAK_VERSION" "$home"             # one rename: unpacked completely or not at all
+    rm -rf "$tmp"
+    e2e_log "keycloak: distribution ready in $(( $(date +%s) - t0 ))s"
+}
+
+start_keycloak() {
+    local javabin javahome
+    if e2e_pid_alive keycloak; then
+        e2e_log "keycloak: already running (pid $(cat "$E2E_RUN_DIR/keycloak.pid")); realms as imported at its start"
+        return 0
+    fi
+    javabin="$(find_java 17 "$E2E_KEYCLOAK_JAVA_HOME")" || die "Keycloak needs Java 17+; set E2E_KEYCLOAK_JAVA_HOME"
+    javahome="$(dirname "$(dirname "$(readlink -f "$javabin")")")"
+    keycloak_install
+    # Dev mode keeps its H2 database in data/h2, and --import-realm skips a realm that exists already:
+    # start from an empty database so that every start has exactly the realms of keycloak/*.json.
+    rm -rf "$E2E_KEYCLOAK_HOME/data/h2" "$E2E_KEYCLOAK_HOME/data/import"
+    mkdir -p "$E2E_KEYCLOAK_HOME/data/import"
+    cp "$E2E_INFRA_DIR"/keycloak/*-realm.json "$E2E_KEYCLOAK_HOME/data/import/"
+    # Keycloak takes every KC_* variable of its environment as one of its options (and kc.sh reads JAVA_OPTS,
+    # DEBUG, ...): a clean environment, with only what it needs.
+    launch_cmd keycloak "$E2E_KEYCLOAK_PORT" env -i \
+        PATH="$(dirname "$javabin"):/usr/local/bin:/usr/bin:/bin" HOME="${HOME:-/root}" JAVA_HOME="$javahome" \
+        LANG=C.UTF-8 \
+        KC_BOOTSTRAP_ADMIN_USERNAME="$E2E_KEYCLOAK_ADMIN_USER" KC_BOOTSTRAP_ADMIN_PASSWORD="$E2E_KEYCLOAK_ADMIN_PASSWORD" \
+        JAVA_OPTS_KC_HEAP="$E2E_KEYCLOAK_JAVA_OPTS" \
+        "$E2E_KEYCLOAK_HOME/bin/kc.sh" start-dev --http-host 127.0.0.1 --http-port "$E2E_KEYCLOAK_PORT" --import-realm
+}
+
 # ---------------------------------------------------------------- main
 command -v curl >/dev/null || die "curl not found"
 pg_start
@@ -231,11 +299,16 @@ pg_setup_databases
 
 want() { case " $E2E_SERVICES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-# Build/launch both first, then wait, so the two JVMs start in parallel.
+# Build/launch all first, then wait, so the JVMs start in parallel.
 want ehrbase && start_ehrbase
 want hapi && start_hapi
+want keycloak && start_keycloak
 want ehrbase && wait_healthy ehrbase "$E2E_EHRBASE_URL/rest/status" -u "$E2E_EHRBASE_USER:$E2E_EHRBASE_PASSWORD"
 want hapi && wait_healthy hapi "$E2E_FHIR_URL/metadata"
+# Keycloak's /health is on its management port, off by default: a realm's discovery document instead
+# (the realms are imported before the HTTP port opens).
+want keycloak && wait_healthy keycloak "$E2E_KEYCLOAK_URL/realms/hospital/.well-known/openid-configuration"
+want keycloak && wait_healthy keycloak "$E2E_KEYCLOAK_URL/realms/clinic/.well-known/openid-configuration"
 
 env_file="$E2E_RUN_DIR/env.sh"
 {
@@ -248,6 +321,9 @@ env_file="$E2E_RUN_DIR/env.sh"
     echo "export E2E_EHRBASE_ADMIN_USER=$E2E_EHRBASE_ADMIN_USER"
     echo "export E2E_EHRBASE_ADMIN_PASSWORD=$E2E_EHRBASE_ADMIN_PASSWORD"
     echo "export E2E_FHIR_URL=$E2E_FHIR_URL"
+    echo "export E2E_KEYCLOAK_URL=$E2E_KEYCLOAK_URL"
+    echo "export E2E_KEYCLOAK_ADMIN_USER=$E2E_KEYCLOAK_ADMIN_USER"
+    echo "export E2E_KEYCLOAK_ADMIN_PASSWORD=$E2E_KEYCLOAK_ADMIN_PASSWORD"
 } > "$env_file"
 e2e_log "ready; exports also in $env_file"
 cat "$env_file"
