@@ -87,7 +87,9 @@ class SsoLogoutResult(BaseModel):
     """The gateway session has ended; navigate to ``end_session_url`` to end the provider's session too."""
 
     end_session_url: str | None = Field(
-        description="The provider's logout page (RP-initiated logout), or null for a local session."
+        description="Navigate the browser here (a plain navigation): a link of the gateway's that redirects "
+        "to the provider's logout page and back to the frontend; valid for two minutes. Null for a "
+        "session that was not started by single sign-on."
     )
 
 
@@ -276,8 +278,29 @@ async def sso_logout(
     """End this gateway session, and say where to send the browser to end the provider's session too."""
     family: uuid.UUID | None = principal.session_id
     service: SsoService | None = getattr(request.app.state, "sso", None)
-    url = await service.end_session_url(family) if service is not None and family is not None else None
+    url = await service.logout_link(family) if service is not None and family is not None else None
     await authenticator.logout(user_id=principal.user_id, username=principal.username, session_family=family)
     clear_auth_cookies(response, settings)
     response.headers.update(NO_STORE)
     return SsoLogoutResult(end_session_url=url)
+
+
+@router.get(
+    "/logout/continue",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=REDIRECT | problem_responses(404, 422),
+)
+async def continue_logout(
+    request: Request,
+    settings: SettingsDep,
+    handle: Annotated[str, Query(max_length=2048)] = "",
+) -> RedirectResponse:
+    """On from ``POST /auth/sso/logout`` to the provider's logout page (with ``id_token_hint``).
+
+    A redirect, so that the provider's ID token in it never reaches a page script. A forged or expired
+    link, or a provider without a logout endpoint, goes straight back to the frontend.
+    """
+    service = _service(request)
+    url = await service.provider_logout_url(handle)
+    return RedirectResponse(url or f"{settings.frontend_base}/", 303, NO_STORE)

@@ -26,11 +26,13 @@ from auth_db.engine import SessionFactory, transaction
 from auth_db.models import AuthSession, UserIdentity
 from auth_db.types import utcnow
 from gateway.audit import Actor, AuditLog, Outcome
+from gateway.errors import ApiError
 from gateway.security import sessions as session_store
 from gateway.security.authn import ClientInfo, IssuedTokens
 from gateway.security.keys import derive_key
 from gateway.security.tokens import issue_access_token
 from gateway.services.accounts import set_roles
+from gateway.services.cursors import SignedCursor
 from gateway.services.identities import LinkRefused, resolve_account
 from gateway.settings import Settings
 from gateway.sso.config import OidcProvider, Provisioning
@@ -40,6 +42,9 @@ from gateway.sso.roles import mapped_roles
 from gateway.sso.tokens import TokenRejected
 
 logger = logging.getLogger("gateway.sso")
+
+#: How long the link from ``POST /auth/sso/logout`` on to the provider's logout stays valid.
+LOGOUT_LINK_TTL_SECONDS = 120
 
 
 class SsoFailed(Exception):
@@ -81,6 +86,7 @@ class SsoService:
         self.audit = audit
         self.clients = clients
         self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(settings, "sso-id-token")))
+        self._logout_links = SignedCursor(settings, "sso-logout", ttl_seconds=LOGOUT_LINK_TTL_SECONDS)
 
     def client(self, provider_id: str) -> ProviderClient | None:
         """The client of a configured provider, or ``None``."""
@@ -313,20 +319,42 @@ class SsoService:
             )
         return len(ended)
 
-    async def end_session_url(self, session_family: uuid.UUID) -> str | None:
-        """Where to send the browser to end the provider's session too (RP-Initiated Logout 1.0).
-
-        ``None`` when the session was not started by SSO or the provider has no ``end_session_endpoint``.
-        """
+    async def _sso_session_row(self, session_family: uuid.UUID) -> AuthSession | None:
         async with transaction(self.factory) as session:
-            row = (
+            row: AuthSession | None = (
                 await session.exec(
                     select(AuthSession)
                     .where(col(AuthSession.family_id) == session_family)
                     .order_by(col(AuthSession.created_at).desc())
                 )
             ).first()
-        if row is None or row.idp_issuer is None:
+        return row if row is not None and row.idp_issuer is not None else None
+
+    async def logout_link(self, session_family: uuid.UUID) -> str | None:
+        """The gateway's link that takes the browser on to the provider's logout (RP-Initiated Logout 1.0).
+
+        The link itself holds no token: it names the session family, signed and valid for
+        :data:`LOGOUT_LINK_TTL_SECONDS`; :meth:`provider_logout_url` turns it into the provider's URL with
+        ``id_token_hint`` as a redirect, which page scripts cannot read. ``None`` when the session was not
+        started by SSO.
+        """
+        if await self._sso_session_row(session_family) is None:
+            return None
+        handle = self._logout_links.encode({"f": str(session_family)}, bound_to="sso-logout")
+        return f"{self.settings.public_base}/auth/sso/logout/continue?{urlencode({'handle': handle})}"
+
+    async def provider_logout_url(self, handle: str) -> str | None:
+        """The provider's ``end_session_endpoint`` with ``id_token_hint``, for a link of :meth:`logout_link`.
+
+        Only for a session that has already ended here. ``None`` when the link is not valid (forged,
+        expired) or the provider has no logout endpoint: the browser then just goes back to the frontend.
+        """
+        try:
+            family = uuid.UUID(str(self._logout_links.decode(handle, bound_to="sso-logout")["f"]))
+        except (ApiError, KeyError, ValueError):
+            return None
+        row = await self._sso_session_row(family)
+        if row is None or row.revoked_at is None:
             return None
         client = next((c for c in self.clients.values() if c.provider.issuer == row.idp_issuer), None)
         if client is None:
@@ -344,11 +372,8 @@ class SsoService:
         id_token = self._decrypt(row.id_token_encrypted)
         if id_token is not None:
             params["id_token_hint"] = id_token
-        return (
-            metadata.end_session_endpoint
-            + ("&" if "?" in metadata.end_session_endpoint else "?")
-            + urlencode(params)
-        )
+        separator = "&" if "?" in metadata.end_session_endpoint else "?"
+        return metadata.end_session_endpoint + separator + urlencode(params)
 
     def _decrypt(self, value: str | None) -> str | None:
         if value is None:

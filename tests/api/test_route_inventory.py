@@ -49,6 +49,7 @@ PUBLIC = {
     ("GET", "/auth/sso/{provider_id}/login"),
     ("GET", "/auth/sso/{provider_id}/callback"),
     ("POST", "/auth/sso/{provider_id}/backchannel-logout"),
+    ("GET", "/auth/sso/logout/continue"),
 }
 PATIENT = "1001"
 LETTER = eb.VERSION_1

@@ -6,6 +6,7 @@ The same flows against a real Keycloak: ``tests/e2e/test_sso_e2e.py``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
@@ -26,6 +27,8 @@ from tests.factories import DEFAULT_PASSWORD, audit_actions, bearer_headers, cre
 from tests.oidc_fake import CLIENT_ID, ISSUER, FakeIdp, provider_config
 
 FRONTEND = "http://frontend.test"
+#: A compact JWS/JWT (three base64url parts, header and payload JSON objects).
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 GATEWAY = "http://gateway.test"
 
 
@@ -509,13 +512,38 @@ class TestRpInitiatedLogout:
         csrf = sso_client.cookies["gw_csrf"]
         response = await sso_client.post("/auth/sso/logout", headers={"X-CSRF-Token": csrf})
         assert response.status_code == 200
-        url = response.json()["end_session_url"]
+        link = response.json()["end_session_url"]
+        # The page gets a link of the gateway's, with no token of the provider in it.
+        assert link.startswith(f"{GATEWAY}/auth/sso/logout/continue?handle=")
+        assert not JWT.search(response.text)
+        assert (await sso_client.get("/auth/me")).status_code == 401
+        # Following it is a redirect to the provider's logout, with the ID token as the hint.
+        onward = await sso_client.get(link.removeprefix(GATEWAY))
+        assert onward.status_code == 303
+        assert onward.headers["cache-control"] == "no-store"
+        url = onward.headers["location"]
         assert url.startswith(f"{ISSUER}/protocol/openid-connect/logout?")
         params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
         assert params["client_id"] == CLIENT_ID
         assert params["post_logout_redirect_uri"] == FRONTEND + "/"
         assert params["id_token_hint"].count(".") == 2
-        assert (await sso_client.get("/auth/me")).status_code == 401
+
+    async def test_a_forged_or_early_logout_link_goes_back_to_the_frontend(
+        self, sso_client: httpx.AsyncClient, idp: FakeIdp, session_factory: SessionFactory
+    ) -> None:
+        await linked_user(session_factory)
+        await sign_in(sso_client, idp, clinician_claims())
+        for handle in ("forged", "eyJmIjoiMSJ9.AAAA", ""):
+            response = await sso_client.get("/auth/sso/logout/continue", params={"handle": handle})
+            assert response.status_code == 303
+            assert response.headers["location"] == FRONTEND + "/"
+        # A valid link of a session that has not ended here yet does not reveal the ID token either.
+        service = sso_client.app.state.sso  # type: ignore[attr-defined]
+        async with transaction(session_factory) as session:
+            family = (await session.exec(select(AuthSession.family_id))).first()
+        link = await service.logout_link(family)
+        response = await sso_client.get(link.removeprefix(GATEWAY))
+        assert response.headers["location"] == FRONTEND + "/"
 
     async def test_a_local_session_has_no_provider_logout(
         self, sso_client: httpx.AsyncClient, session_factory: SessionFactory

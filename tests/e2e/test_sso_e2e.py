@@ -371,11 +371,16 @@ def test_rp_initiated_logout(stack: Stack, sso_accounts: dict[str, str], keycloa
             f"{stack.gateway_url}/auth/sso/logout", headers={"X-CSRF-Token": csrf(browser)}
         )
         assert response.status_code == 200, response.text
-        url = response.json()["end_session_url"]
+        link = response.json()["end_session_url"]
+        assert link.startswith(f"{stack.gateway_url}/auth/sso/logout/continue?")
+        assert not jwt_issuers(response.text)  # no token at all for the page
+        assert me(stack, browser).status_code == 401
+        onward = browser.get(link)  # the navigation: a redirect, which no page script reads
+        assert onward.status_code == 303
+        url = onward.headers["location"]
         assert url.startswith(f"{keycloak.base_url}/realms/hospital/protocol/openid-connect/logout?")
         assert "id_token_hint=" in url
-        assert me(stack, browser).status_code == 401
-        # Keycloak ends its own session and sends the browser back to the frontend.
+        # Keycloak ends its own session (no confirmation page: the hint names it) and sends the browser back.
         answer = browser.get(url)
         assert answer.status_code in {302, 303}, answer.text[:500]
         assert answer.headers["location"] == f"{stack.gateway_url}/"
