@@ -23,6 +23,36 @@ export interface Stack {
   admin: Account;
   davePatients: string[];
   newNhsNumber: string;
+  sso: SsoStack;
+}
+
+/** A user of Keycloak's realm file, linked to an SSO-only account of the gateway (stack.py). */
+export interface SsoUser extends Account {
+  /** The Keycloak user id: the `sub` of its tokens, linked to the gateway account. */
+  subject: string;
+  /** The gateway account's username, id and display name. */
+  account: string;
+  accountId: string;
+  displayName: string;
+}
+
+/** Single sign-on: the gateway's provider `hospital`, the Keycloak realm behind it, and its users. */
+export interface SsoStack {
+  provider: string;
+  /** The provider's display name: the text of the sign-in page's link. */
+  button: string;
+  realm: string;
+  keycloakUrl: string;
+  /** The master realm's administrator, for the specs' own calls to Keycloak's admin API. */
+  keycloakAdmin: Account;
+  /** Where Keycloak posts back-channel logout tokens for this run's gateway. */
+  backchannelLogoutUrl: string;
+  /** A patient the SSO clinician has a care-team link to. */
+  patient: string;
+  /** `dr.sso`: realm role gateway-clinician, maps to the gateway's clinician. */
+  clinician: SsoUser;
+  /** `nurse.noroles`: no realm role the gateway maps. */
+  noRoles: SsoUser;
 }
 
 export const stack: Stack = JSON.parse(readFileSync(join(varDir, "stack.json"), "utf8")) as Stack;
@@ -115,4 +145,42 @@ export async function apiGet<T>(path: string, token: string): Promise<T> {
   const response = await fetch(`${gatewayForNode}${path}`, { headers: { Authorization: `Bearer ${token}` } });
   expect(response.status, `${path}: ${response.status}`).toBe(200);
   return (await response.json()) as T;
+}
+
+/**
+ * Sign in through the identity provider, from the sign-in page: the "Sign in with the hospital" link, then
+ * Keycloak's own login form (`#username`, `#password`, `#kc-login`). `screenshot` names a shot of
+ * Keycloak's page. Returns once the form is submitted; Keycloak then sends the browser back to the gateway.
+ */
+export async function signInAtIdp(page: Page, user: Account, screenshot?: string): Promise<void> {
+  await page.getByRole("link", { name: stack.sso.button }).click();
+  await page.waitForURL(`${stack.sso.keycloakUrl}/realms/${stack.sso.realm}/**`);
+  await expect(page.locator("#kc-login")).toBeVisible();
+  if (screenshot) await shot(page, screenshot);
+  await page.locator("#username").fill(user.username);
+  await page.locator("#password").fill(user.password);
+  await page.locator("#kc-login").click();
+}
+
+/** One call to Keycloak's admin REST API (`/admin/realms/<realm><path>`) as the master realm's admin. */
+export async function keycloakAdmin(method: string, path: string, body?: unknown): Promise<Response> {
+  const { keycloakUrl, keycloakAdmin: admin, realm } = stack.sso;
+  const token = await fetch(`${keycloakUrl}/realms/master/protocol/openid-connect/token`, {
+    method: "POST",
+    body: new URLSearchParams({
+      grant_type: "password",
+      client_id: "admin-cli",
+      username: admin.username,
+      password: admin.password,
+    }),
+  });
+  expect(token.status, "Keycloak admin token").toBe(200);
+  const { access_token } = (await token.json()) as { access_token: string };
+  const headers: Record<string, string> = { Authorization: `Bearer ${access_token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  return fetch(`${keycloakUrl}/admin/realms/${realm}${path}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
 }

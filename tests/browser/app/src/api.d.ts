@@ -493,6 +493,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/auth/sso/logout/continue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Continue Logout
+         * @description On from ``POST /auth/sso/logout`` to the provider's logout page (with ``id_token_hint``).
+         *
+         *     A redirect, so that the provider's ID token in it never reaches a page script. A forged or expired
+         *     link, or a provider without a logout endpoint, goes straight back to the frontend.
+         */
+        get: operations["continue_logout_auth_sso_logout_continue_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/auth/sso/providers": {
         parameters: {
             query?: never;
@@ -1822,7 +1845,7 @@ export interface components {
         SsoLogoutResult: {
             /**
              * End Session Url
-             * @description The provider's logout page (RP-initiated logout), or null for a local session.
+             * @description Navigate the browser here (a plain navigation): a link of the gateway's that redirects to the provider's logout page and back to the frontend; valid for two minutes. Null for a session that was not started by single sign-on.
              */
             end_session_url: string | null;
         };
@@ -3749,6 +3772,48 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    continue_logout_auth_sso_logout_continue_get: {
+        parameters: {
+            query?: {
+                handle?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Redirect: to the identity provider, or back to the frontend (see docs/sso.md). */
+            303: {
+                headers: {
+                    /** @description Where the browser goes. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -8,8 +8,11 @@ import type { components, paths } from "./api";
 
 type Problem = components["schemas"]["Problem"];
 type Method = "get" | "put" | "post" | "patch" | "delete";
-/** Readiness answers 503 with its own report of the stores, not with a problem. */
-type ReadinessPath = "/ready";
+/**
+ * Readiness answers 503 with its own report of the stores, and back-channel logout answers its identity
+ * provider's 400 in the shape OpenID Connect prescribes: neither is a problem document.
+ */
+type ReadinessPath = "/ready" | "/auth/sso/{provider_id}/backchannel-logout";
 
 type OperationsOf<P extends keyof paths> = P extends unknown
   ? { [M in Method]: NonNullable<paths[P][M]> }[Method]

@@ -19,6 +19,7 @@ export type LetterAmend = Schemas["LetterAmend"];
 export type Letter = Schemas["LetterOut"];
 export type LetterPage = Schemas["LetterPage"];
 export type PatientSearch = NonNullable<paths["/patients"]["get"]["parameters"]["query"]>;
+export type SsoProvider = Schemas["SsoProvider"];
 
 /** An error answer of the gateway (always RFC 9457 problem details with a stable `code`). */
 export class ApiProblem extends Error {
@@ -157,13 +158,22 @@ export class Gateway {
     return true;
   }
 
-  /** End the session on the server; the gateway clears its cookies. */
-  async logout(): Promise<void> {
+  /**
+   * End the session on the server; the gateway clears its cookies. For a session started at an identity
+   * provider the answer is that provider's logout page (`end_session_url`): navigate there to end the
+   * provider's session too. `null` for a password session. (`POST /auth/sso/logout` ends either kind.)
+   */
+  async logout(): Promise<string | null> {
     try {
-      await this.send(() => this.http.POST("/auth/logout"));
+      return (await this.send(() => this.http.POST("/auth/sso/logout"))).data.end_session_url ?? null;
     } finally {
       this.csrf = null;
     }
+  }
+
+  /** The identity providers for the "Sign in with …" links of the login page (empty: no single sign-on). */
+  async ssoProviders(): Promise<SsoProvider[]> {
+    return (await this.once(() => this.http.GET("/auth/sso/providers"))).data;
   }
 
   async searchPatients(query: PatientSearch): Promise<PatientPage> {
@@ -281,4 +291,17 @@ export class Gateway {
 function etagOf(response: Response): string {
   // Readable across origins because the gateway lists ETag in Access-Control-Expose-Headers.
   return response.headers.get("ETag") ?? "";
+}
+
+/**
+ * Where to send the browser to sign in at an identity provider and come back to `returnTo` on the frontend:
+ * a path that starts with `/` (with hash routes, e.g. `/#/patients/123`; the gateway sends anything else
+ * to `/`). Navigate there (a link or `location.assign`), never `fetch` it: the provider's own sign-in page
+ * shows in the tab, and the gateway's callback sends the browser back signed in, or to
+ * `/?sso_error=<code>`.
+ */
+export function ssoLoginUrl(provider: SsoProvider, returnTo: string): string {
+  const url = new URL(provider.login_url);
+  url.searchParams.set("return_to", returnTo);
+  return url.href;
 }

@@ -1,7 +1,8 @@
 /**
  * The reference web client: the smallest frontend that uses every part of the gateway's browser contract
- * (cookie login with TOTP, CSRF, several tabs, paging cursors, ETag/If-Match, Idempotency-Key, problem
- * errors). Plain TypeScript and the DOM; hash routes so that the back button works. See docs/frontend.md.
+ * (cookie login with TOTP, single sign-on through the hospital's identity provider, CSRF, several tabs,
+ * paging cursors, ETag/If-Match, Idempotency-Key, problem errors). Plain TypeScript and the DOM; hash
+ * routes so that the back button works. See docs/frontend.md and docs/sso.md.
  */
 import { h, field, input, select, valueOf } from "./dom";
 import {
@@ -13,7 +14,9 @@ import {
   type Patient,
   type PatientPage,
   type Schemas,
+  type SsoProvider,
   networkProblem,
+  ssoLoginUrl,
 } from "./gateway";
 
 const NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number";
@@ -24,6 +27,12 @@ interface Config {
 
 let gateway: Gateway;
 let me: Me | null = null;
+/** The route a signed-out visit asked for: where signing in leads (after the identity provider, too). */
+let wanted = "/";
+/** The `sso_error` the gateway sent the browser back with, shown once on the sign-in page. */
+let ssoError: string | null = null;
+/** The identity providers of the gateway (`GET /auth/sso/providers`), fetched once. */
+let providers: SsoProvider[] | null = null;
 const root = (): HTMLElement => document.getElementById("app") as HTMLElement;
 
 // ---------------------------------------------------------------------------------------------- shell
@@ -94,7 +103,9 @@ async function attempt(slot: HTMLElement, action: () => Promise<void>): Promise<
       error.code !== "invalid_totp_code" &&
       error.code !== "invalid_credentials"
     ) {
-      signedOut();
+      // session_ended: signed out elsewhere, by an administrator, or by the identity provider
+      // (back-channel logout); the other 401s mean there is no session at all.
+      signedOut(error.code === "session_ended" ? "Your session has ended. Sign in again." : null);
       return;
     }
     slot.replaceChildren(problemBanner(error));
@@ -102,24 +113,110 @@ async function attempt(slot: HTMLElement, action: () => Promise<void>): Promise<
   }
 }
 
-function signedOut(): void {
+function signedOut(message: string | null = null): void {
   me = null;
+  wanted = "/"; // whoever signs in next starts on the home page
+  flash = message; // shown by the sign-in page
   root().replaceChildren(); // nothing of the last patient stays in the page
   location.replace("#/login");
 }
 
 async function logOut(): Promise<void> {
+  let endSession: string | null = null;
   try {
-    await gateway.logout();
+    endSession = await gateway.logout();
   } finally {
     signedOut();
   }
+  // A session started at the identity provider: end the provider's session too. Its logout page sends the
+  // browser back to FRONTEND_URL/ (the post-logout redirect), where this client shows the sign-in page.
+  if (endSession !== null) location.assign(endSession);
 }
 
 // ---------------------------------------------------------------------------------------------- login
 
+/** What to tell the user for each `sso_error` of docs/sso.md ("Errors"). */
+const SSO_ERRORS: Record<string, string> = {
+  account_not_linked:
+    "Your hospital account is not linked to an account of this application. Ask an administrator to link it.",
+  no_roles: "You have no role for this application. Ask your access manager.",
+  account_disabled: "Your account of this application is disabled. Ask an administrator.",
+  identity_taken: "This hospital account is already linked to another account of this application.",
+  idp_error: "The sign-in at the identity provider did not finish. Try again.",
+  idp_unavailable:
+    "The identity provider cannot be reached. Try again later, or sign in with a local account.",
+};
+/** The callback was not one this browser started, was used already, or came back incomplete. */
+const START_AGAIN = new Set([
+  "invalid_state",
+  "state_replayed",
+  "state_expired",
+  "browser_mismatch",
+  "issuer_mismatch",
+  "invalid_request",
+  "code_rejected",
+]);
+
+/** Every other code: the ID token or UserInfo failed a check (the audit trail has the detail). */
+const FAILED_CHECK =
+  "The identity provider's answer failed a security check. Contact support with the time of this attempt.";
+
+function ssoErrorBanner(code: string): HTMLElement {
+  const message =
+    SSO_ERRORS[code] ??
+    (START_AGAIN.has(code) ? "This sign-in could not be completed. Start again." : FAILED_CHECK);
+  return h(
+    "div",
+    { class: "problem", role: "alert", "data-code": code },
+    h("strong", {}, "Single sign-on failed"),
+    ` (${code})`,
+    h("p", {}, message),
+  );
+}
+
+async function ssoProviders(): Promise<SsoProvider[]> {
+  if (providers === null) {
+    try {
+      providers = await gateway.ssoProviders();
+    } catch (error) {
+      console.error(error); // the password form still works
+      return [];
+    }
+  }
+  return providers;
+}
+
+/**
+ * "Sign in with …" for each identity provider: plain links (a navigation, not a fetch) to the gateway,
+ * which sends the browser to the provider's own sign-in page and back to `wanted` on this client.
+ */
+function ssoLinks(): HTMLElement {
+  const section = h("section", { "aria-label": "Single sign-on", hidden: true });
+  void ssoProviders().then((list) => {
+    if (list.length === 0) return;
+    section.replaceChildren(
+      h("p", {}, "Or use your organisation's account:"),
+      ...list.map((provider) =>
+        h(
+          "p",
+          {},
+          h(
+            "a",
+            { href: ssoLoginUrl(provider, `/#${wanted}`), "data-provider": provider.id },
+            provider.display_name,
+          ),
+        ),
+      ),
+    );
+    section.hidden = false;
+  });
+  return section;
+}
+
 function loginPage(): void {
-  const slot = h("div");
+  const failed = ssoError !== null ? ssoErrorBanner(ssoError) : null;
+  ssoError = null; // once: a reload shows the plain sign-in page
+  const slot = h("div", {}, takeFlash());
   const totp = field(
     "Authenticator code",
     input("totp", { inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}" }),
@@ -139,6 +236,7 @@ function loginPage(): void {
   );
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    failed?.remove();
     void attempt(slot, async () => {
       try {
         me = await gateway.login(
@@ -157,10 +255,12 @@ function loginPage(): void {
         }
         throw error;
       }
-      go("#/");
+      const next = wanted;
+      wanted = "/";
+      go(`#${next}`);
     });
   });
-  show(form, slot);
+  show(failed, form, slot, ssoLinks());
 }
 
 // ---------------------------------------------------------------------------------------------- patients
@@ -468,7 +568,10 @@ async function route(): Promise<void> {
   const path = location.hash.replace(/^#/, "") || "/";
   if (path === "/login" || me === null) {
     if (me !== null) return go("#/");
-    if (path !== "/login") return location.replace("#/login");
+    if (path !== "/login") {
+      wanted = path; // come back here once signed in
+      return location.replace("#/login");
+    }
     return loginPage();
   }
   const letter = /^\/patients\/([^/]+)\/letters\/([^/]+)$/.exec(path);
@@ -482,6 +585,13 @@ async function route(): Promise<void> {
 async function start(): Promise<void> {
   const config = (await (await fetch("config.json")).json()) as Config;
   gateway = new Gateway(config.gatewayUrl);
+  // A failed single sign-on comes back as FRONTEND_URL/?sso_error=<code>: keep the code for the sign-in
+  // page and take it out of the address bar. Only a code's shape is shown, never other text from the URL.
+  const code = new URLSearchParams(location.search).get("sso_error");
+  if (code !== null) {
+    ssoError = /^[a-z_]{1,40}$/.test(code) ? code : "sso_failed";
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
   // For the browser suite: lets a spec make this tab refresh at a given moment.
   (window as unknown as { referenceClient: { gateway: Gateway } }).referenceClient = { gateway };
   try {
