@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from structlog.types import EventDict, WrappedLogger
 
-from gateway.middleware import request_id_var
+from gateway.context import request_id_var
 
 
 def _add_request_id(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:

@@ -15,20 +15,17 @@ import logging
 import re
 import time
 import uuid
-from contextvars import ContextVar
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.context import request_id_var
 from gateway.errors import PROBLEM_JSON
 from gateway.metrics import observe_request, record_shed
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{8,128}$")
-
-#: The current request id, readable anywhere on the request path (logs, upstream clients).
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 access_logger = logging.getLogger("gateway.access")
 

@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from gateway.api.access_schemas import AuditEventOut, AuditPage
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
 from gateway.errors import problem_responses
+from gateway.schemas.access import AuditEventOut, AuditPage
 from gateway.security.access import FHIR_ID_PATTERN
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal

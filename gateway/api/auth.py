@@ -12,7 +12,10 @@ from fastapi import APIRouter, Body, Form, Request, Response, status
 from pydantic import BaseModel, Field
 
 from auth_db.types import utcnow
-from gateway.api.account_schemas import (
+from gateway.audit import Actor, Outcome
+from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
+from gateway.errors import ApiError, Forbidden, NotAuthenticated, problem_responses
+from gateway.schemas.accounts import (
     PRINTABLE,
     EndOwnSessions,
     LoginRequest,
@@ -30,9 +33,6 @@ from gateway.api.account_schemas import (
     TotpConfirm,
     TotpEnrolment,
 )
-from gateway.audit import Actor, Outcome
-from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
-from gateway.errors import ApiError, Forbidden, NotAuthenticated, problem_responses
 from gateway.security.authn import Credentials, IssuedTokens, invalid_refresh_token
 from gateway.security.csrf import (
     check_csrf,

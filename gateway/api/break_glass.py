@@ -11,10 +11,10 @@ from sqlmodel import col, select
 
 from auth_db.models import BreakGlassGrant
 from auth_db.types import utcnow
-from gateway.api.access_schemas import BreakGlassGrantOut, BreakGlassPage, BreakGlassRequest
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import problem_responses
+from gateway.schemas.access import BreakGlassGrantOut, BreakGlassPage, BreakGlassRequest
 from gateway.security.access import FHIR_ID_PATTERN, PatientIdPath
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal

@@ -10,10 +10,10 @@ from sqlmodel import col, select
 
 from auth_db.models import CareTeamLink, User
 from auth_db.types import utcnow
-from gateway.api.access_schemas import CareTeamGrant, CareTeamLinkOut, CareTeamPage, MyPatients
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import NotFound, problem_responses
+from gateway.schemas.access import CareTeamGrant, CareTeamLinkOut, CareTeamPage, MyPatients
 from gateway.security.access import FHIR_ID_PATTERN, grant_care_team
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
-from gateway.api.letter_schemas import Author, LetterAmend, LetterOut, LetterPage, LetterSummary, LetterWrite
 from gateway.deps import AuditDep
-from gateway.errors import ServiceUnavailable, problem_responses
+from gateway.errors import problem_responses
 from gateway.openehr.aql import LetterSummary as SummaryRow
+from gateway.schemas.letters import Author, LetterAmend, LetterOut, LetterPage, LetterSummary, LetterWrite
 from gateway.security.access import PatientAccess, patient_access
 from gateway.security.principal import Permission
 from gateway.services.ehr import PatientReader
@@ -27,14 +27,9 @@ ETAG: dict[str, Any] = {"ETag": {"description": "The version uid, quoted.", "sch
 LOCATION: dict[str, Any] = {"Location": {"description": "The letter's URL.", "schema": {"type": "string"}}}
 
 
-class _NoFhirClient:
-    async def read_patient(self, patient_id: str) -> None:
-        raise ServiceUnavailable("The FHIR client is not configured.", code="upstream_unavailable")
-
-
 async def get_patient_reader(request: Request) -> PatientReader:
     """The FHIR client opened by the lifespan (confirms a patient exists before an EHR is created)."""
-    reader: PatientReader = getattr(request.app.state, "fhir", None) or _NoFhirClient()
+    reader: PatientReader = request.app.state.fhir
     return reader
 
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from gateway.api.patient_schemas import PatientPage, PatientResource
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep, SettingsDep
 from gateway.errors import OrjsonResponse, problem_responses
+from gateway.schemas.patients import PatientPage, PatientResource
 from gateway.security.access import PatientAccess, grant_care_team, patient_access
 from gateway.security.deps import require
 from gateway.security.principal import Permission, Principal

@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from gateway.api.account_schemas import SettingItem, SettingWrite
 from gateway.audit import Actor, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import problem_responses
+from gateway.schemas.accounts import SettingItem, SettingWrite
 from gateway.security.deps import CurrentPrincipal, require
 from gateway.security.principal import Permission, Principal
 from gateway.system_settings import (

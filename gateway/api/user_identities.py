@@ -14,10 +14,10 @@ from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, Field
 
 from auth_db.models import UserIdentity
-from gateway.api.account_schemas import Strict
 from gateway.api.users import Admin, refusal_audited, stage_success
 from gateway.deps import AuditDep, SessionDep, SettingsDep
 from gateway.errors import problem_responses
+from gateway.schemas.accounts import Strict
 from gateway.services import accounts
 from gateway.services.identities import identities_of, link_identity, provider_or_422, unlink_identity
 

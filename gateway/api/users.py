@@ -14,7 +14,10 @@ from fastapi import APIRouter, Depends, Query, status
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.types import utcnow
-from gateway.api.account_schemas import (
+from gateway.audit import Actor, AuditLog, Outcome
+from gateway.deps import AuditDep, SessionDep
+from gateway.errors import ApiError, Conflict, UnprocessableEntity, problem_responses
+from gateway.schemas.accounts import (
     PRINTABLE,
     PasswordReset,
     PasswordResetResult,
@@ -26,9 +29,6 @@ from gateway.api.account_schemas import (
     UserPublic,
     UserUpdate,
 )
-from gateway.audit import Actor, AuditLog, Outcome
-from gateway.deps import AuditDep, SessionDep
-from gateway.errors import ApiError, Conflict, UnprocessableEntity, problem_responses
 from gateway.security import throttle
 from gateway.security.deps import PasswordsDep, require
 from gateway.security.passwords import check_password_policy, generate_password

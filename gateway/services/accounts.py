@@ -21,8 +21,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.models import AuthSession, User, UserRole
 from auth_db.types import utcnow
-from gateway.api.account_schemas import SessionInfo, UserPublic
 from gateway.errors import Conflict, Forbidden, NotFound
+from gateway.schemas.accounts import SessionInfo, UserPublic
 from gateway.security.principal import Principal, Role
 from gateway.security.sessions import active_sessions
 

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.api.patient_schemas import HumanName, Identifier, PatientSummary
 from gateway.errors import FieldError, PreconditionRequired, UnprocessableEntity
+from gateway.schemas.patients import HumanName, Identifier, PatientSummary
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _DATE_RE = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?\d{4}(-\d{2}(-\d{2})?)?$")

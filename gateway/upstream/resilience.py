@@ -46,8 +46,8 @@ from urllib.parse import urlencode
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from gateway.context import request_id_var
 from gateway.errors import UpstreamError, UpstreamIssue, UpstreamTimeout, UpstreamUnavailable
-from gateway.middleware import request_id_var
 from gateway.settings import Settings
 from gateway.upstream.transport import (
     AiohttpTransport,

@@ -107,7 +107,7 @@ async def test_request_id_is_sent_upstream(make_settings: Callable[..., Settings
         )
         async with running_app(make_settings(auth_db_sqlite_path=tmp_path / "a.db")) as client:
             app = client.app  # type: ignore[attr-defined]
-            from gateway.middleware import request_id_var
+            from gateway.context import request_id_var
 
             token = request_id_var.set("req-upstream-0042")
             try:

@@ -319,7 +319,7 @@ async def test_breaker_opens_then_recovers(
 
 
 async def test_request_id_is_propagated(upstream: Upstream, upstream_mock: respx.MockRouter) -> None:
-    from gateway.middleware import request_id_var
+    from gateway.context import request_id_var
 
     route = upstream_mock.get(URL).mock(return_value=httpx.Response(200))
     token = request_id_var.set("req-12345678")

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.middleware import request_id_var
+from gateway.context import request_id_var
 from gateway.settings import Settings
 from gateway.upstream.resilience import Upstream
 from gateway.upstream.transport import (

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from gateway.api.patient_schemas import PatientSummary
+from gateway.schemas.patients import PatientSummary
 from gateway.security.access import FHIR_ID_PATTERN
 
 
