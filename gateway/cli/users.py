@@ -17,7 +17,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from auth_db.engine import create_engine, create_session_factory, transaction
 from auth_db.types import utcnow
 from gateway.audit import AuditLog, Outcome
+from gateway.cli.config import settings_or_exit
 from gateway.errors import ApiError
+from gateway.schemas.accounts import UserCreate
 from gateway.security import throttle
 from gateway.security.passwords import PasswordService, password_problems
 from gateway.security.principal import Role
@@ -96,9 +98,6 @@ def create_admin(
     ] = False,
 ) -> None:
     """Create an administrator account (there are no default accounts)."""
-    from gateway.api.account_schemas import UserCreate
-    from gateway.cli import settings_or_exit
-
     settings = settings_or_exit()
     roles = [Role.admin, Role.clinician] if clinician else [Role.admin]
     try:
@@ -155,8 +154,6 @@ async def _purge(settings: Settings) -> tuple[int, int]:
 @users_app.command("purge")
 def purge() -> None:
     """Delete dead session rows and stale login-throttle counters (run daily, e.g. from cron)."""
-    from gateway.cli import settings_or_exit
-
     try:
         sessions, counters = asyncio.run(_purge(settings_or_exit()))
     except SQLAlchemyError as exc:

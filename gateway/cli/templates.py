@@ -6,6 +6,7 @@ import asyncio
 
 import typer
 
+from gateway.cli.config import settings_or_exit
 from gateway.errors import ApiError
 from gateway.openehr.templates import SyncResult, sync_all
 from gateway.settings import Settings
@@ -27,8 +28,6 @@ async def run_sync(settings: Settings) -> list[SyncResult]:
 @templates_app.command("sync")
 def sync() -> None:
     """Upload our OPTs that EHRbase lacks; replace those whose content changed (admin API)."""
-    from gateway.cli import settings_or_exit
-
     settings = settings_or_exit()
     if not settings.ehrbase_api_admin_user:
         typer.echo("gateway: set EHRBASE_API_ADMIN_USER and EHRBASE_API_ADMIN_PASSWORD first", err=True)
