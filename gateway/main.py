@@ -1,4 +1,8 @@
-"""The app factory and its lifespan (auth database engine, upstream clients, audit log)."""
+"""The app factory and its lifespan.
+
+The lifespan opens what the process shares and closes it on shutdown: the auth database engine and pools,
+one client per upstream store, the audit log, the password hasher and the single sign-on providers.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import PrometheusObserver, install_observer, observe_audit_batch
 from gateway.middleware import GatewayMiddleware
 from gateway.security.authz import Authoriser, watch_authorisation_changes
+from gateway.security.passwords import PasswordService
 from gateway.security.principal import Role
 from gateway.security.tokens import AccessTokenVerifier
 from gateway.services.sso import SsoService
@@ -91,6 +96,9 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.session_factory = factory
         app.state.autocommit_session_factory = create_autocommit_session_factory(engine, info=info)
         app.state.audit = AuditLog(app.state.autocommit_session_factory, writer=writer)
+        # Argon2 work (the dummy hash checked for unknown usernames) at start-up and off the event loop,
+        # not in the first login.
+        app.state.password_service = await asyncio.to_thread(PasswordService, settings)
         app.state.fhir = FhirClient(settings)
         app.state.ehrbase = create_ehrbase_client(settings)
         idp_http = create_idp_http_client() if settings.oidc_providers else None

@@ -1,4 +1,7 @@
-"""FastAPI dependencies for authentication and permissions: ``CurrentPrincipal`` and ``require``.
+"""FastAPI dependencies for authentication, permissions and the account routes.
+
+``CurrentPrincipal`` and ``require`` guard the routes; ``PasswordsDep``, ``AuthenticatorDep``,
+``TotpCipherDep`` and ``ClientInfoDep`` serve the account routes.
 
 A request authenticates with ``Authorization: Bearer <access token>`` or, from a browser, with the
 access cookie; cookie-authenticated unsafe requests must also pass the CSRF check. Every request
@@ -200,9 +203,6 @@ async def current_principal(principal: AuthenticatedPrincipal) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-#: Aliases under the names the issue uses.
-current_user = current_principal
-CurrentUser = CurrentPrincipal
 
 
 def check_permission(principal: Principal, permission: Permission) -> None:
@@ -226,12 +226,9 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
     return dependency
 
 
-async def get_password_service(request: Request, settings: SettingsDep) -> PasswordService:
-    """The app's password hasher (created once per app, on first use)."""
-    service: PasswordService | None = getattr(request.app.state, "password_service", None)
-    if service is None:
-        service = PasswordService(settings)
-        request.app.state.password_service = service
+async def get_password_service(request: Request) -> PasswordService:
+    """The app's password hasher, built by the lifespan (its dummy hash computed at start-up)."""
+    service: PasswordService = request.app.state.password_service
     return service
 
 

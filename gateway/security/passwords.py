@@ -27,7 +27,12 @@ ZXCVBN_MAX_INPUT = 72
 
 
 class PasswordService:
-    """Hashes and verifies passwords with the argon2id parameters from the settings."""
+    """Hashes and verifies passwords with the argon2id parameters from the settings.
+
+    Building one computes the dummy hash (one argon2 hash, CPU-bound): the app builds a single instance in its
+    lifespan, off the event loop (:mod:`gateway.main`), and hands it out through
+    :func:`gateway.security.deps.get_password_service`.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._hash = PasswordHash(

@@ -12,9 +12,17 @@ first use, gets the successor the first one got (following the chain if it has m
 the family keeps exactly one live row and both tabs end up with the same cookies. A used token
 presented after the grace means it was copied: the whole family is revoked.
 
-A family is *alive* while its newest row is unused, unrevoked and unexpired; access tokens name
-their family (``sid``) and :func:`load_session_user` checks it on every request, so logout,
-password change, disabling an account and reuse detection take effect immediately.
+A family is *alive* while its newest row is unused, unrevoked and unexpired. Access tokens name their
+family (``sid``), and every request checks that it is alive, not here but in the one authorisation
+statement (:mod:`gateway.security.authz` over :mod:`auth_db.hotpath`): logout, password change, disabling
+an account and reuse detection take effect at once on the worker that made the change and within
+``AUTHZ_CACHE_MS`` on the others. :func:`load_session_user` is the same check through the ORM, used once
+right after a login.
+
+A session started by single sign-on also remembers the identity provider's session (:class:`IdpLink`:
+issuer, subject, ``sid``, the encrypted ID token); its lifetime may be capped (``not_after``, from the
+provider's ``session_max_minutes``), and the provider's back-channel logout ends it
+(:func:`revoke_idp_sessions`).
 """
 
 from __future__ import annotations

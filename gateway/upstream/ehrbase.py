@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
-
-from fastapi import Depends, Request
 
 from gateway.errors import UpstreamError
 from gateway.settings import Settings
@@ -28,7 +26,7 @@ from gateway.upstream.ehrbase_errors import (
 )
 from gateway.upstream.transport import Credentials, UpstreamResponse
 
-__all__ = ["CompositionGone", "EhrSubjectInUse", "EhrbaseClient", "EhrbaseDep", "strip_etag"]
+__all__ = ["CompositionGone", "EhrSubjectInUse", "EhrbaseClient", "strip_etag"]
 
 JSON = "application/json"
 XML = "application/xml"
@@ -357,15 +355,6 @@ class EhrbaseClient:
         )
         if response.status_code != 200:
             raise upstream_failure(response, "template")
-
-
-async def get_ehrbase(request: Request) -> EhrbaseClient:
-    """The EHRbase client opened by the lifespan."""
-    client: EhrbaseClient = request.app.state.ehrbase
-    return client
-
-
-EhrbaseDep = Annotated[EhrbaseClient, Depends(get_ehrbase)]
 
 
 def create_ehrbase_client(settings: Settings) -> EhrbaseClient:

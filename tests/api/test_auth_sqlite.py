@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from auth_db.engine import create_engine, create_session_factory
+from gateway.security.passwords import PasswordService
 from gateway.settings import Settings
 from tests.conftest import running_app
 from tests.factories import DEFAULT_PASSWORD, audit_actions, bearer_headers, create_user
@@ -69,3 +70,18 @@ async def test_account_changes_and_their_audit_records_commit_together_on_sqlite
     assert ("admin.user_create", "success") in actions
     assert ("admin.setting_update", "success") in actions
     assert ("auth.password_change", "success") in actions
+
+
+async def test_the_password_hasher_is_ready_before_the_first_login(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Building it computes the dummy hash (argon2): at start-up, not inside the first login on the event loop.
+    settings = make_settings(auth_db_sqlite_path=tmp_path / "auth.db")
+    async with running_app(settings) as client:
+        built = client.app.state.password_service  # type: ignore[attr-defined]
+        assert isinstance(built, PasswordService)
+        unknown = await client.post(
+            "/auth/login", json={"username": "nobody", "password": "wrong-password-x"}
+        )
+        assert unknown.json()["code"] == "invalid_credentials"
+        assert client.app.state.password_service is built  # type: ignore[attr-defined]
