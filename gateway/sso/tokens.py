@@ -19,6 +19,7 @@ from joserfc.errors import (
     MissingClaimError,
 )
 from joserfc.jwk import KeySet
+from joserfc.jwt import ClaimsOption
 
 from gateway.sso.config import OidcProvider
 
@@ -90,6 +91,17 @@ def _verify_signature(
     return decoded.claims
 
 
+def _registry(provider: OidcProvider, now: int, *essential: str) -> jwt.JWTClaimsRegistry:
+    """Claims rules for a token of ``provider``: exact ``iss``, ``aud`` naming the client, ``essential``."""
+    return jwt.JWTClaimsRegistry(
+        now=now,
+        leeway=provider.leeway_seconds,
+        iss={"essential": True, "value": provider.issuer},
+        aud={"essential": True, "value": provider.client_id},
+        **{name: ClaimsOption(essential=True) for name in essential},
+    )
+
+
 def _check_claims(registry: jwt.JWTClaimsRegistry, claims: dict[str, Any]) -> None:
     try:
         registry.validate(claims)
@@ -132,16 +144,7 @@ def validate_id_token(
     """
     header = read_header(token, provider)
     claims = _verify_signature(token, header, keys, provider)
-    registry = jwt.JWTClaimsRegistry(
-        now=now,
-        leeway=provider.leeway_seconds,
-        iss={"essential": True, "value": provider.issuer},
-        aud={"essential": True, "value": provider.client_id},
-        sub={"essential": True},
-        exp={"essential": True},
-        iat={"essential": True},
-    )
-    _check_claims(registry, claims)
+    _check_claims(_registry(provider, now, "sub", "exp", "iat"), claims)
     _check_azp(claims, provider.client_id)
     if claims.get("nonce") != nonce:
         raise TokenRejected("nonce_mismatch")
@@ -165,15 +168,7 @@ def validate_logout_token(token: str, keys: KeySet, *, provider: OidcProvider, n
     if header.typ is not None and header.typ.lower() not in {"logout+jwt", "application/logout+jwt"}:
         raise TokenRejected("malformed", f"typ {header.typ!r}")
     claims = _verify_signature(token, header, keys, provider)
-    registry = jwt.JWTClaimsRegistry(
-        now=now,
-        leeway=provider.leeway_seconds,
-        iss={"essential": True, "value": provider.issuer},
-        aud={"essential": True, "value": provider.client_id},
-        iat={"essential": True},
-        jti={"essential": True},
-    )
-    _check_claims(registry, claims)
+    _check_claims(_registry(provider, now, "iat", "jti"), claims)
     events = claims.get("events")
     if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
         raise TokenRejected("invalid_claim", "events lacks the back-channel logout event")
