@@ -146,7 +146,9 @@ class UnprocessableEntity(ApiError):
 
 
 class PreconditionRequired(ApiError):
-    status, code, title = 428, "precondition_required", "Precondition required"
+    """428: the route needs ``If-Match`` and the request has none (the API's only 428)."""
+
+    status, code, title = 428, "if_match_required", "Precondition required"
 
 
 class TooManyRequests(ApiError):

@@ -43,9 +43,7 @@ def if_match_version(value: str | None) -> str:
     """
     version = strip_etag(value)
     if version is None:
-        raise PreconditionRequired(
-            "Send If-Match with the letter's current ETag (its version uid).", code="if_match_required"
-        )
+        raise PreconditionRequired("Send If-Match with the letter's current ETag (its version uid).")
     if not VERSION_UID_RE.match(version):
         raise UnprocessableEntity(
             "If-Match must be the letter's ETag, a version uid '<uuid>::<system id>::<version>'.",

@@ -407,7 +407,7 @@ class TestUpdate:
         route = env.mock.put("/Patient/1001")
         response = await env.client.put("/patients/1001", json=hapi.patient(), headers=env.headers)
         assert response.status_code == 428
-        assert response.json()["code"] == "precondition_required"
+        assert response.json()["code"] == "if_match_required"
         assert route.call_count == 0
 
     async def test_update_sends_if_match_and_returns_the_new_version(self, env: Env) -> None:

@@ -193,7 +193,7 @@ def test_read_and_update_with_if_match(stack: Stack) -> None:
         resource = read.json()
         resource["telecom"] = [{"system": "phone", "value": "01632 960001", "use": "home"}]
 
-        problem(clinician.put(f"/patients/{patient_id}", json=resource), 428, "precondition_required")
+        problem(clinician.put(f"/patients/{patient_id}", json=resource), 428, "if_match_required")
         updated = clinician.put(f"/patients/{patient_id}", json=resource, headers={"If-Match": 'W/"1"'})
         assert updated.status_code == 200, updated.text
         assert updated.headers["etag"] == 'W/"2"'
