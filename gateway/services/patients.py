@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,7 +28,9 @@ NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _DATE_RE = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?\d{4}(-\d{2}(-\d{2})?)?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ETAG_RE = re.compile(r'^(?:W/)?"?([A-Za-z0-9\-\.]{1,64})"?$')
-_local_locks: dict[str, asyncio.Lock] = {}
+#: The in-process locks (SQLite), by identifier digest. Weak values: a lock lives only while a
+#: registration holds or awaits it, so the mapping never outgrows the registrations in flight.
+_local_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 def is_valid_nhs_number(value: str) -> bool:
@@ -184,7 +187,10 @@ async def registration_lock(session: AsyncSession, identifier: str) -> AsyncIter
         await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         yield
         return
-    lock = _local_locks.setdefault(digest.hex(), asyncio.Lock())
+    lock = _local_locks.get(digest.hex())
+    if lock is None:
+        lock = asyncio.Lock()
+        _local_locks[digest.hex()] = lock
     async with lock:
         yield
 
@@ -193,7 +199,7 @@ def version_from_if_match(value: str | None) -> str:
     """The version id in an ``If-Match`` header (``W/"3"``, ``"3"`` or ``3``).
 
     Raises:
-        PreconditionRequired: the header is missing (428).
+        PreconditionRequired: the header is missing (428 ``if_match_required``).
         UnprocessableEntity: it is malformed.
     """
     if value is None:
