@@ -15,7 +15,6 @@ Two ways in:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -29,6 +28,7 @@ from auth_db.engine import SessionFactory
 from auth_db.models import AuditEvent
 from auth_db.types import utcnow
 from gateway.audit_writer import AuditUnavailable, AuditWriter, audit_unavailable
+from gateway.security.principal import Actor
 
 __all__ = ["Actor", "AuditLog", "AuditUnavailable", "Outcome"]
 
@@ -66,14 +66,6 @@ class Outcome(StrEnum):
     failure = "failure"
     denied = "denied"
     error = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who acted: a user id and username (both may be unknown, e.g. a failed login)."""
-
-    user_id: uuid.UUID | None
-    username: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from gateway.audit import Actor, Outcome
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
 from gateway.errors import problem_responses
 from gateway.schemas.access import AuditEventOut, AuditPage
@@ -61,9 +61,7 @@ async def list_audit(
         except (KeyError, ValueError):
             raise invalid_cursor() from None
     rows, position = await audit_query.page(factory, where, limit=limit, after=after)
-    await audit.record(
-        action="audit.read", outcome=Outcome.success, actor=Actor(admin.user_id, admin.username)
-    )
+    await audit.record(action="audit.read", outcome=Outcome.success, actor=admin.actor)
     next_cursor = (
         codec.encode({"t": position[0].isoformat(), "i": position[1]}, bound_to=str(admin.user_id))
         if position
@@ -89,9 +87,7 @@ async def list_audit(
 async def export_audit(
     admin: Admin, where: Filter, factory: SessionFactoryDep, audit: AuditDep
 ) -> StreamingResponse:
-    await audit.record(
-        action="audit.export", outcome=Outcome.success, actor=Actor(admin.user_id, admin.username)
-    )
+    await audit.record(action="audit.export", outcome=Outcome.success, actor=admin.actor)
     return StreamingResponse(
         audit_query.export_ndjson(factory, where),
         media_type="application/fhir+ndjson",

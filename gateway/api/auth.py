@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Form, Request, Response, status
 from pydantic import BaseModel, Field
 
 from auth_db.types import utcnow
-from gateway.audit import Actor, Outcome
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import ApiError, Forbidden, NotAuthenticated, problem_responses
 from gateway.schemas.accounts import (
@@ -220,7 +220,7 @@ async def update_me(
         session,
         action="auth.profile_update",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
         target_type="user",
         target_id=str(principal.user_id),
         details={"fields": sorted(body.model_fields_set)},
@@ -251,7 +251,7 @@ async def end_own_sessions(
         session,
         action="auth.sessions_end",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
         target_type="user",
         target_id=str(principal.user_id),
         details={"sessions_ended": ended},
@@ -284,7 +284,7 @@ async def change_password(
         session,
         action="auth.password_change",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
         target_type="user",
         target_id=str(principal.user_id),
         details={"sessions_ended": ended},
@@ -311,7 +311,7 @@ async def enrol_totp(
         session,
         action="auth.totp_enrol",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
     )
     return TotpEnrolment(secret=secret, otpauth_uri=uri)
 
@@ -326,7 +326,7 @@ async def confirm_totp(
 ) -> RecoveryCodes:
     """Activate TOTP with a code from the app; returns ten single-use recovery codes (shown once)."""
     _no_password_change_pending(principal)
-    actor = Actor(principal.user_id, principal.username)
+    actor = principal.actor
     try:
         codes = await profile.confirm_totp(session, cipher, principal, code=body.code)
     except ApiError:
@@ -354,7 +354,7 @@ async def disable_totp(
         session,
         action="auth.totp_disable",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
     )
 
 
@@ -377,6 +377,6 @@ async def regenerate_recovery_codes(
         session,
         action="auth.recovery_codes",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
     )
     return RecoveryCodes(recovery_codes=codes)

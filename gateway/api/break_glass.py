@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from auth_db.models import BreakGlassGrant
 from auth_db.types import utcnow
-from gateway.audit import Actor, Outcome
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import problem_responses
 from gateway.schemas.access import BreakGlassGrantOut, BreakGlassPage, BreakGlassRequest
@@ -71,7 +71,7 @@ async def open_break_glass(
         session,
         action="break_glass.open",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
         patient_id=patient_id,
         reason=body.reason,
         break_glass=True,
@@ -120,7 +120,5 @@ async def list_break_glass(
         bound_to=str(admin.user_id),
         limit=limit,
     )
-    await audit.record(
-        action="break_glass.list", outcome=Outcome.success, actor=Actor(admin.user_id, admin.username)
-    )
+    await audit.record(action="break_glass.list", outcome=Outcome.success, actor=admin.actor)
     return BreakGlassPage(items=[_out(row) for row in rows], next=next_cursor)

@@ -10,7 +10,7 @@ from sqlmodel import col, select
 
 from auth_db.models import CareTeamLink, User
 from auth_db.types import utcnow
-from gateway.audit import Actor, Outcome
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import NotFound, problem_responses
 from gateway.schemas.access import CareTeamGrant, CareTeamLinkOut, CareTeamPage, MyPatients
@@ -51,7 +51,7 @@ async def grant(body: CareTeamGrant, admin: Admin, session: SessionDep, audit: A
         session,
         action="care_team.grant",
         outcome=Outcome.success,
-        actor=Actor(admin.user_id, admin.username),
+        actor=admin.actor,
         target_type="user",
         target_id=str(body.user_id),
         patient_id=body.patient_id,
@@ -78,7 +78,7 @@ async def revoke(
         session,
         action="care_team.revoke",
         outcome=Outcome.success,
-        actor=Actor(admin.user_id, admin.username),
+        actor=admin.actor,
         target_type="user",
         target_id=str(link.user_id),
         patient_id=link.patient_id,
@@ -145,7 +145,7 @@ async def my_patients(
     await audit.record(
         action="patient.list_mine",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
         resource_ids=list(found),
     )
     return MyPatients(

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
+from gateway.api.http_headers import version_headers
 from gateway.deps import AuditDep
 from gateway.errors import problem_responses
 from gateway.openehr.aql import LetterSummary as SummaryRow
@@ -101,9 +102,8 @@ def _out(patient_id: str, stored: StoredLetter) -> LetterOut:
 
 
 def _headers(response: Response, patient_id: str, stored: StoredLetter, *, location: bool) -> None:
-    response.headers["ETag"] = f'"{stored.version_uid}"'
-    if location:
-        response.headers["Location"] = f"/patients/{patient_id}/letters/{stored.letter_id}"
+    url = f"/patients/{patient_id}/letters/{stored.letter_id}" if location else None
+    response.headers.update(version_headers(stored.version_uid, weak=False, location=url))
 
 
 @router.post(

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from gateway.audit import Actor, Outcome
+from gateway.api.http_headers import version_headers
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep, SettingsDep
 from gateway.errors import OrjsonResponse, problem_responses
 from gateway.schemas.patients import PatientPage, PatientResource
@@ -38,13 +39,9 @@ _RESOURCE_RESPONSE: dict[str, Any] = {
 def _resource_response(
     resource: FhirResource, status: int = 200, location: str | None = None
 ) -> JSONResponse:
-    headers = {}
-    if resource.version_id:
-        headers["ETag"] = f'W/"{resource.version_id}"'
-    if resource.last_modified:
-        headers["Last-Modified"] = resource.last_modified
-    if location:
-        headers["Location"] = location
+    headers = version_headers(
+        resource.version_id, weak=True, last_modified=resource.last_modified, location=location
+    )
     return OrjsonResponse(resource.body, status_code=status, headers=headers)
 
 
@@ -82,7 +79,7 @@ async def search_patients(
     await audit.record(
         action="patient.search",
         outcome=Outcome.success,
-        actor=Actor(principal.user_id, principal.username),
+        actor=principal.actor,
         resource_ids=[item.id for item in items],
         details={"page": "next" if cursor else "first", "results": len(items)},
     )
@@ -113,11 +110,7 @@ async def read_patient(access: Reader, fhir: FhirDep, audit: AuditDep) -> Respon
         break_glass=access.break_glass,
         details={"version": resource.version_id},
     )
-    headers = {}
-    if resource.version_id:
-        headers["ETag"] = f'W/"{resource.version_id}"'
-    if resource.last_modified:
-        headers["Last-Modified"] = resource.last_modified
+    headers = version_headers(resource.version_id, weak=True, last_modified=resource.last_modified)
     return Response(resource.content, media_type="application/json", headers=headers)
 
 
@@ -154,7 +147,7 @@ async def register_patient(
             session,
             action="patient.create",
             outcome=Outcome.success,
-            actor=Actor(principal.user_id, principal.username),
+            actor=principal.actor,
             patient_id=resource.id,
             details={"created": created, "version": resource.version_id},
         )

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from gateway.audit import Actor, Outcome
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import problem_responses
 from gateway.schemas.accounts import SettingItem, SettingWrite
@@ -91,7 +91,7 @@ async def write_system_setting(
         session,
         action="admin.setting_update",
         outcome=Outcome.success,
-        actor=Actor(admin.user_id, admin.username),
+        actor=admin.actor,
         target_type="setting",
         target_id=key,
         details={"value": value},
@@ -109,7 +109,7 @@ async def delete_system_setting(
         session,
         action="admin.setting_reset",
         outcome=Outcome.success,
-        actor=Actor(admin.user_id, admin.username),
+        actor=admin.actor,
         target_type="setting",
         target_id=key,
     )

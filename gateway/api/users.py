@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, status
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.types import utcnow
-from gateway.audit import Actor, AuditLog, Outcome
+from gateway.audit import AuditLog, Outcome
 from gateway.deps import AuditDep, SessionDep
 from gateway.errors import ApiError, Conflict, UnprocessableEntity, problem_responses
 from gateway.schemas.accounts import (
@@ -43,10 +43,6 @@ Admin = Annotated[Principal, Depends(require(Permission.user_admin))]
 ERRORS = problem_responses(401, 403, 404, 422)
 
 
-def _actor(principal: Principal) -> Actor:
-    return Actor(principal.user_id, principal.username)
-
-
 def stage_success(
     audit: AuditLog,
     session: AsyncSession,
@@ -60,7 +56,7 @@ def stage_success(
         session,
         action=action,
         outcome=Outcome.success,
-        actor=_actor(admin),
+        actor=admin.actor,
         target_type="user",
         target_id=str(user_id),
         details=details,
@@ -84,7 +80,7 @@ async def refusal_audited(
         await audit.record(
             action=action,
             outcome=Outcome.denied,
-            actor=_actor(admin),
+            actor=admin.actor,
             target_type="user",
             target_id=str(user_id),
             reason=reason,
@@ -109,7 +105,7 @@ async def create_user(
         await audit.record(
             action="admin.user_create",
             outcome=Outcome.denied,
-            actor=_actor(admin),
+            actor=admin.actor,
             reason="role escalation",
             details={"roles": sorted(body.roles)},
         )
@@ -141,7 +137,7 @@ async def create_user(
         session,
         action="admin.user_create",
         outcome=Outcome.success,
-        actor=_actor(admin),
+        actor=admin.actor,
         target_type="user",
         target_id=str(user.id),
         details={"roles": sorted(body.roles), "sso_only": body.sso_only},

@@ -46,7 +46,7 @@ class PatientAccess:
 
     @property
     def actor(self) -> Actor:
-        return Actor(self.principal.user_id, self.principal.username)
+        return self.principal.actor
 
 
 async def has_care_team_link(session: AsyncSession, user_id: uuid.UUID, patient_id: str) -> bool:
@@ -115,7 +115,7 @@ def patient_access(permission: Permission, action: str) -> Callable[..., Awaitab
         await audit.record(
             action=action,
             outcome=Outcome.denied,
-            actor=Actor(principal.user_id, principal.username),
+            actor=principal.actor,
             patient_id=patient_id,
             reason="no care-team link or active break-glass grant",
         )

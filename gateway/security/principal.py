@@ -59,6 +59,16 @@ def permissions_for(roles: frozenset[Role] | set[Role]) -> frozenset[Permission]
 
 
 @dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acted, as the audit trail records it: a user id and username (both may be unknown, e.g. a
+    failed login). Defined here, beside :class:`Principal`, so that this module stays free of heavy
+    imports; :mod:`gateway.audit` re-exports it."""
+
+    user_id: uuid.UUID | None
+    username: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """The authenticated user of a request."""
 
@@ -72,6 +82,11 @@ class Principal:
     must_change_password: bool = False
     #: ``require_2fa_for_admins`` is on and this admin has not enrolled TOTP yet.
     totp_enrolment_required: bool = False
+
+    @property
+    def actor(self) -> Actor:
+        """This user as the actor of an audit record."""
+        return Actor(self.user_id, self.username)
 
     @property
     def permissions(self) -> frozenset[Permission]:
