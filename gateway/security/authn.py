@@ -79,6 +79,33 @@ def invalid_refresh_token() -> NotAuthenticated:
     )
 
 
+async def start_gateway_session(
+    settings: Settings,
+    session: AsyncSession,
+    user: User,
+    client: ClientInfo,
+    now: datetime,
+    idp: session_store.IdpLink | None = None,
+) -> IssuedTokens:
+    """Start a session for ``user`` in the caller's transaction and issue its first tokens.
+
+    The one way in for a password login and a single sign-on alike (``idp`` ties the session to the
+    identity provider's, see :mod:`gateway.services.sso`).
+    """
+    policy = await session_store.session_policy(session)
+    row, refresh = await session_store.start_session(
+        session,
+        user_id=user.id,
+        policy=policy,
+        now=now,
+        client_addr=client.addr,
+        user_agent=client.user_agent,
+        idp=idp,
+    )
+    access, ttl = issue_access_token(settings, user_id=user.id, session_family=row.family_id, now=now)
+    return IssuedTokens(user.id, user.username, row.family_id, access, ttl, refresh, row.expires_at)
+
+
 class Authenticator:
     """Logs users in and out and refreshes their sessions."""
 
@@ -143,7 +170,7 @@ class Authenticator:
                 fresh.password_hash = new_hash
             fresh.last_login_at = now
             session.add(fresh)
-            issued = await self._start(session, fresh, client, now)
+            issued = await start_gateway_session(self.settings, session, fresh, client, now)
         await self.audit.record(
             action="auth.login",
             outcome=Outcome.success,
@@ -215,23 +242,6 @@ class Authenticator:
                 + ", ".join("account" if k == "user" else "address" for k in locked),
                 details={"lockout_seconds": int(policy.lockout.total_seconds())},
             )
-
-    async def _start(
-        self, session: AsyncSession, user: User, client: ClientInfo, now: datetime
-    ) -> IssuedTokens:
-        policy = await session_store.session_policy(session)
-        row, refresh = await session_store.start_session(
-            session,
-            user_id=user.id,
-            policy=policy,
-            now=now,
-            client_addr=client.addr,
-            user_agent=client.user_agent,
-        )
-        access, ttl = issue_access_token(
-            self.settings, user_id=user.id, session_family=row.family_id, now=now
-        )
-        return IssuedTokens(user.id, user.username, row.family_id, access, ttl, refresh, row.expires_at)
 
     async def refresh(self, refresh_token: str) -> IssuedTokens:
         """Rotate a refresh token: the old one is spent, a new pair is issued in the same session.

@@ -28,9 +28,8 @@ from auth_db.types import utcnow
 from gateway.audit import Actor, AuditLog, Outcome
 from gateway.errors import ApiError
 from gateway.security import sessions as session_store
-from gateway.security.authn import ClientInfo, IssuedTokens
+from gateway.security.authn import ClientInfo, IssuedTokens, start_gateway_session
 from gateway.security.keys import derive_key
-from gateway.security.tokens import issue_access_token
 from gateway.services.accounts import set_roles
 from gateway.services.cursors import SignedCursor
 from gateway.services.identities import LinkRefused, resolve_account
@@ -242,26 +241,14 @@ class SsoService:
             await set_roles(session, user.id, roles)
             user.last_login_at = now
             session.add(user)
-            policy = await session_store.session_policy(session)
-            row, refresh = await session_store.start_session(
-                session,
-                user_id=user.id,
-                policy=policy,
-                now=now,
-                client_addr=info.addr,
-                user_agent=info.user_agent,
-                idp=session_store.IdpLink(
-                    issuer=issuer,
-                    subject=subject,
-                    sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
-                    id_token_encrypted=self._fernet.encrypt(id_token.encode()).decode(),
-                    not_after=_not_after(provider, claims, now),
-                ),
+            link = session_store.IdpLink(
+                issuer=issuer,
+                subject=subject,
+                sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+                id_token_encrypted=self._fernet.encrypt(id_token.encode()).decode(),
+                not_after=_not_after(provider, claims, now),
             )
-            access, ttl = issue_access_token(
-                self.settings, user_id=user.id, session_family=row.family_id, now=now
-            )
-            return IssuedTokens(user.id, user.username, row.family_id, access, ttl, refresh, row.expires_at)
+            return await start_gateway_session(self.settings, session, user, info, now, idp=link)
 
     # --- logout ---------------------------------------------------------------------------------
     async def backchannel_logout(self, audit: AuditLog, client: ProviderClient, logout_token: str) -> int:
