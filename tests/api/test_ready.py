@@ -141,6 +141,8 @@ async def test_fhir_url_that_is_not_a_fhir_base_is_down(env: ReadyEnv) -> None:
 async def test_slow_upstream_is_down_after_the_probe_timeout(
     pg_engine: object, pg_url: str, make_settings: Callable[..., Settings]
 ) -> None:
+    # The probe timeout applies to the auth-DB check too: 1 s, so that a loaded machine does not time that
+    # one out as well (0.1 s failed once when the suite shared two cores with two others).
     async def slow(_request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
         return ops.ehrbase_status()
@@ -148,7 +150,7 @@ async def test_slow_upstream_is_down_after_the_probe_timeout(
     with respx.mock(using=UPSTREAM, assert_all_called=False) as router:
         router.get(METADATA).mock(side_effect=HEALTHY[METADATA])
         router.get(STATUS).mock(side_effect=slow)
-        settings = make_settings(auth_database_url=pg_url, ready_cache_seconds=0, ready_probe_timeout=0.1)
+        settings = make_settings(auth_database_url=pg_url, ready_cache_seconds=0, ready_probe_timeout=1.0)
         async with running_app(settings) as client:
             response = await client.get("/ready")
     assert response.status_code == 503
