@@ -141,6 +141,22 @@ class OidcLogin(SQLModel, table=True):
     return_to: str = Field(max_length=512)
     #: Set when a signed-in local user links this identity to their own account.
     link_user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id", ondelete="CASCADE")
+    #: Set when the sign-in follows an administrator's invite (the hash of its token).
+    invite_hash: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SsoInvite(SQLModel, table=True):
+    """An admin's invite: the first sign-in through ``provider_id`` presenting it binds to the user."""
+
+    __tablename__ = "sso_invite"
+
+    token_hash: str = Field(max_length=64, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    provider_id: str = Field(max_length=32)
+    created_by: uuid.UUID | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

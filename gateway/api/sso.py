@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.auth import set_session_cookies
+from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep, SessionFactoryDep, SettingsDep
 from gateway.errors import NotFound, ServiceUnavailable, problem_responses
 from gateway.security.csrf import clear_auth_cookies
@@ -151,15 +152,29 @@ async def start_login(
     provider_id: str,
     request: Request,
     settings: SettingsDep,
+    audit: AuditDep,
     return_to: Annotated[str | None, Query(max_length=512)] = None,
+    invite: Annotated[str | None, Query(max_length=128, description="An administrator's invite.")] = None,
 ) -> RedirectResponse:
-    """Start signing in at the provider: redirects the browser to its authorization endpoint."""
+    """Start signing in at the provider: redirects the browser to its authorization endpoint.
+
+    With ``invite`` (the link an administrator handed out), the identity that signs in is bound to the
+    invited account, once.
+    """
     service = _service(request)
     client = _client(request, provider_id)
     try:
-        url, binding = await service.start(client, return_to=return_to)
+        url, binding = await service.start(client, return_to=return_to, invite=invite)
     except IdpUnavailable:
         return _error_redirect(settings, "idp_unavailable")
+    except SsoFailed as failed:
+        await audit.record(
+            action="auth.sso_login_failed",
+            outcome=Outcome.denied,
+            reason=failed.code,
+            details={"provider": provider_id},
+        )
+        return _error_redirect(settings, failed.code)
     response = RedirectResponse(url, 303, NO_STORE)
     _set_binding_cookie(response, settings, binding)
     return response

@@ -12,10 +12,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth_db.models import AuthSession, User, UserIdentity
+from auth_db.models import AuthSession, SsoInvite, User, UserIdentity
 from auth_db.types import utcnow
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
 from gateway.security.principal import Role
@@ -155,12 +156,15 @@ async def resolve_account(
     link_user_id: uuid.UUID | None,
     roles: frozenset[Role],
     now: datetime,
+    invite_hash: str | None = None,
 ) -> User:
     """The local account of an identity: linked, being linked by its signed-in owner, or created just in time.
 
     Raises:
-        LinkRefused: ``identity_taken``, ``account_not_linked`` or ``no_roles``.
+        LinkRefused: ``identity_taken``, ``account_not_linked``, ``invite_invalid`` or ``no_roles``.
     """
+    if invite_hash is not None and link_user_id is None:
+        link_user_id = await _spend_invite(session, invite_hash, now)
     if identity is not None:
         if link_user_id is not None and identity.user_id != link_user_id:
             raise LinkRefused("identity_taken", "this identity is linked to another account")
@@ -191,3 +195,22 @@ async def resolve_account(
     )
     await session.flush()
     return user
+
+
+async def _spend_invite(session: AsyncSession, invite_hash: str, now: datetime) -> uuid.UUID:
+    """The invited user; the invite is marked used in the sign-in's transaction (single use under races)."""
+    spent = await session.exec(
+        update(SsoInvite)
+        .where(
+            col(SsoInvite.token_hash) == invite_hash,
+            col(SsoInvite.used_at).is_(None),
+            col(SsoInvite.expires_at) > now,
+        )
+        .values(used_at=now)
+        .returning(col(SsoInvite.user_id))
+    )
+    row = spent.first()
+    if row is None:
+        raise LinkRefused("invite_invalid", "the invite is used, expired or unknown")
+    user_id: uuid.UUID = row[0]
+    return user_id

@@ -23,7 +23,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlmodel import col, select
 
 from auth_db.engine import SessionFactory, transaction
-from auth_db.models import AuthSession, UserIdentity
+from auth_db.models import AuthSession, OidcLogin, UserIdentity
 from auth_db.types import utcnow
 from gateway.audit import Actor, AuditLog, Outcome
 from gateway.errors import ApiError
@@ -35,7 +35,13 @@ from gateway.services.cursors import SignedCursor
 from gateway.services.identities import LinkRefused, resolve_account
 from gateway.settings import Settings
 from gateway.sso.config import OidcProvider, Provisioning
-from gateway.sso.logins import LoginRejected, consume_login, create_login, remember_logout_token
+from gateway.sso.logins import (
+    LoginRejected,
+    consume_login,
+    create_login,
+    open_invite,
+    remember_logout_token,
+)
 from gateway.sso.provider import IdpUnavailable, ProviderClient
 from gateway.sso.roles import mapped_roles
 from gateway.sso.tokens import TokenRejected
@@ -97,14 +103,28 @@ class SsoService:
 
     # --- login ----------------------------------------------------------------------------------
     async def start(
-        self, client: ProviderClient, *, return_to: str | None, link_user_id: uuid.UUID | None = None
+        self,
+        client: ProviderClient,
+        *,
+        return_to: str | None,
+        link_user_id: uuid.UUID | None = None,
+        invite: str | None = None,
     ) -> tuple[str, str]:
         """Open a login transaction; returns the authorization URL and the browser-binding value.
 
         Raises:
             IdpUnavailable: the provider's discovery document cannot be read.
+            SsoFailed: ``invite_invalid`` — the invite is unknown, another provider's, used or expired.
         """
         now = utcnow()
+        invite_hash = None
+        if invite is not None:
+            try:
+                invite_hash = await open_invite(
+                    self.factory, token=invite, provider_id=client.provider.id, now=now
+                )
+            except LoginRejected as rejected:
+                raise SsoFailed(rejected.reason) from None
         login = await create_login(
             self.factory,
             provider_id=client.provider.id,
@@ -112,6 +132,7 @@ class SsoService:
             ttl=timedelta(seconds=self.settings.oidc_login_ttl_seconds),
             now=now,
             link_user_id=link_user_id,
+            invite_hash=invite_hash,
         )
         url = await client.authorization_url(
             redirect_uri=self.redirect_uri(client.provider.id),
@@ -193,7 +214,7 @@ class SsoService:
             logger.warning("sso: %s", exc)
             raise SsoFailed("idp_unavailable") from None
         merged = {**userinfo, **claims}
-        issued = await self._sign_in(provider, merged, tokens["id_token"], login.link_user_id, info, now)
+        issued = await self._sign_in(provider, merged, tokens["id_token"], login, info, now)
         await audit.record(
             action="auth.sso_login",
             outcome=Outcome.success,
@@ -204,6 +225,7 @@ class SsoService:
                 "provider": provider.id,
                 "acr": claims.get("acr"),
                 "linked": login.link_user_id is not None,
+                "invite": login.invite_hash is not None,
             },
         )
         return SsoLogin(issued, login.return_to)
@@ -213,7 +235,7 @@ class SsoService:
         provider: OidcProvider,
         claims: dict[str, Any],
         id_token: str,
-        link_user_id: uuid.UUID | None,
+        login: OidcLogin,
         info: ClientInfo,
         now: datetime,
     ) -> IssuedTokens:
@@ -229,7 +251,14 @@ class SsoService:
             ).first()
             try:
                 user = await resolve_account(
-                    session, provider, identity, claims, link_user_id=link_user_id, roles=roles, now=now
+                    session,
+                    provider,
+                    identity,
+                    claims,
+                    link_user_id=login.link_user_id,
+                    invite_hash=login.invite_hash,
+                    roles=roles,
+                    now=now,
                 )
             except LinkRefused as refused:
                 raise SsoFailed(refused.code, refused.detail) from None
@@ -373,7 +402,14 @@ class SsoService:
 
 #: Failure codes that are refusals of an identified user (audited as ``denied``, not ``failure``).
 DENIALS = frozenset(
-    {"account_disabled", "no_roles", "account_not_linked", "identity_taken", "state_replayed"}
+    {
+        "account_disabled",
+        "no_roles",
+        "account_not_linked",
+        "identity_taken",
+        "state_replayed",
+        "invite_invalid",
+    }
 )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
 from auth_db.engine import SessionFactory, transaction
-from auth_db.models import OidcLogin, OidcLogoutReplay
+from auth_db.models import OidcLogin, OidcLogoutReplay, SsoInvite
 
 #: A return path the browser may ask to come back to: one absolute path on the frontend, no scheme, no
 #: host, no ``//`` or ``/\\`` (which browsers read as another host), printable ASCII only.
@@ -67,6 +67,7 @@ async def create_login(
     ttl: timedelta,
     now: datetime,
     link_user_id: uuid.UUID | None = None,
+    invite_hash: str | None = None,
 ) -> NewLogin:
     """Store a new login transaction (and drop expired ones); returns its secrets."""
     login = NewLogin(
@@ -86,6 +87,7 @@ async def create_login(
                 code_verifier=login.code_verifier,
                 return_to=safe_return_path(return_to),
                 link_user_id=link_user_id,
+                invite_hash=invite_hash,
                 created_at=now,
                 expires_at=now + ttl,
             )
@@ -138,3 +140,52 @@ async def remember_logout_token(
     except IntegrityError:  # a concurrent delivery of the same token won the insert
         return False
     return True
+
+
+def invite_digest(token: str) -> str:
+    """How an invite token is stored (and looked up): its SHA-256, never the token."""
+    return _digest(token)
+
+
+async def create_invite(
+    factory: SessionFactory,
+    *,
+    user_id: uuid.UUID,
+    provider_id: str,
+    created_by: uuid.UUID | None,
+    ttl: timedelta,
+    now: datetime,
+) -> tuple[str, SsoInvite]:
+    """A new single-use invite for ``user_id`` at ``provider_id``; returns its token (shown once) and row."""
+    token = secrets.token_urlsafe(32)
+    invite = SsoInvite(
+        token_hash=_digest(token),
+        user_id=user_id,
+        provider_id=provider_id,
+        created_by=created_by,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    async with transaction(factory) as session:
+        session.add(invite)
+    return token, invite
+
+
+async def open_invite(factory: SessionFactory, *, token: str, provider_id: str, now: datetime) -> str:
+    """The stored hash of a usable invite for ``provider_id`` (it is spent only when the sign-in binds).
+
+    Raises:
+        LoginRejected: ``invite_invalid`` (unknown, another provider's, used or expired).
+    """
+    if not token or len(token) > 128:
+        raise LoginRejected("invite_invalid")
+    async with transaction(factory) as session:
+        invite = await session.get(SsoInvite, _digest(token))
+    if (
+        invite is None
+        or invite.provider_id != provider_id
+        or invite.used_at is not None
+        or invite.expires_at <= now
+    ):
+        raise LoginRejected("invite_invalid")
+    return invite.token_hash

@@ -19,7 +19,7 @@ import respx
 from sqlmodel import select
 
 from auth_db.engine import SessionFactory, transaction
-from auth_db.models import AuditEvent, AuthSession, OidcLogin, User, UserIdentity
+from auth_db.models import AuditEvent, AuthSession, OidcLogin, SsoInvite, User, UserIdentity
 from auth_db.types import utcnow
 from gateway.settings import Settings
 from tests.conftest import running_app
@@ -642,3 +642,99 @@ async def audit_rows(factory: SessionFactory, action: str) -> list[AuditEvent]:
             select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
         )  # type: ignore[arg-type]
         return list(rows.all())
+
+
+class TestInvites:
+    async def test_an_invite_binds_the_first_sign_in_once(
+        self, sso_client: httpx.AsyncClient, idp: FakeIdp, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="root", roles=["admin", "clinician"])
+        admin = await bearer_headers(sso_client, "root")
+        created = await sso_client.post(
+            "/admin/users",
+            json={
+                "username": "dr.invited",
+                "display_name": "Dr Invited",
+                "roles": ["clinician"],
+                "sso_only": True,
+            },
+            headers=admin,
+        )
+        user_id = created.json()["user"]["id"]
+        invite = await sso_client.post(
+            f"/admin/users/{user_id}/sso-invites", json={"provider": "hospital"}, headers=admin
+        )
+        assert invite.status_code == 201, invite.text
+        link = invite.json()["invite_url"]
+        assert link.startswith(f"{GATEWAY}/auth/sso/hospital/login?invite=")
+        async with transaction(session_factory) as session:
+            stored = (await session.exec(select(SsoInvite))).one()
+        assert parse_qs(urlsplit(link).query)["invite"][0] not in stored.token_hash  # only a hash is kept
+        # The invited person signs in; the identity the provider names is bound to the invited account.
+        start = await sso_client.get(link.removeprefix(GATEWAY))
+        assert start.status_code == 303
+        query = idp.approve(start.headers["location"], clinician_claims(sub="kc-invited"))
+        response = await sso_client.get("/auth/sso/hospital/callback", params=query)
+        assert response.headers["location"] == FRONTEND + "/"
+        assert (await sso_client.get("/auth/me")).json()["id"] == user_id
+        async with transaction(session_factory) as session:
+            identity = (await session.exec(select(UserIdentity))).one()
+        assert (str(identity.user_id), identity.subject) == (user_id, "kc-invited")
+        # Spent: a second use is refused before anyone is sent to the provider.
+        again = await sso_client.get(link.removeprefix(GATEWAY))
+        assert sso_error(again) == "invite_invalid"
+        actions = await audit_actions(session_factory)
+        assert ("admin.sso_invite", "success") in actions
+        assert ("auth.sso_login_failed", "denied") in actions
+
+    async def test_an_invite_is_spent_by_the_sign_in_not_by_opening_the_link(
+        self, sso_client: httpx.AsyncClient, idp: FakeIdp, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="root", roles=["admin", "clinician"])
+        target = await create_user(session_factory, username="dr.x", roles=["clinician"])
+        admin = await bearer_headers(sso_client, "root")
+        invite = await sso_client.post(
+            f"/admin/users/{target.id}/sso-invites",
+            json={"provider": "hospital", "valid_days": 1},
+            headers=admin,
+        )
+        link = invite.json()["invite_url"].removeprefix(GATEWAY)
+        first = await sso_client.get(link)
+        second = await sso_client.get(link)  # opened twice (e.g. a reload): both logins may go on
+        assert first.status_code == second.status_code == 303
+        # The first to come back binds; the other finds the invite spent.
+        done = await sso_client.get(
+            "/auth/sso/hospital/callback",
+            params=idp.approve(second.headers["location"], clinician_claims(sub="a")),
+        )
+        assert done.headers["location"] == FRONTEND + "/"
+        late = await sso_client.get(
+            "/auth/sso/hospital/callback",
+            params=idp.approve(first.headers["location"], clinician_claims(sub="b")),
+        )
+        assert sso_error(late) in {"invite_invalid", "browser_mismatch"}
+
+    async def test_expired_unknown_and_another_providers_invites(
+        self, sso_client: httpx.AsyncClient, idp: FakeIdp, session_factory: SessionFactory
+    ) -> None:
+        await create_user(session_factory, username="root", roles=["admin", "clinician"])
+        target = await create_user(session_factory, username="dr.y", roles=["clinician"])
+        admin = await bearer_headers(sso_client, "root")
+        invite = await sso_client.post(
+            f"/admin/users/{target.id}/sso-invites", json={"provider": "hospital"}, headers=admin
+        )
+        token = parse_qs(urlsplit(invite.json()["invite_url"]).query)["invite"][0]
+        unknown = await sso_client.get("/auth/sso/hospital/login", params={"invite": "forged"})
+        assert sso_error(unknown) == "invite_invalid"
+        async with transaction(session_factory) as session:
+            row = (await session.exec(select(SsoInvite))).one()
+            row.expires_at = utcnow() - timedelta(seconds=1)
+            session.add(row)
+        expired = await sso_client.get("/auth/sso/hospital/login", params={"invite": token})
+        assert sso_error(expired) == "invite_invalid"
+        refused = await sso_client.post(
+            f"/admin/users/{target.id}/sso-invites", json={"provider": "elsewhere"}, headers=admin
+        )
+        assert refused.status_code == 422
+        assert refused.json()["code"] == "sso_provider_unknown"
+        assert idp.token_calls == 0

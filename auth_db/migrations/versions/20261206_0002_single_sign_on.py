@@ -1,4 +1,4 @@
-"""Single sign-on: identities at OpenID Connect providers, logins in flight, the logout replay guard.
+"""Single sign-on: identities at OpenID Connect providers, invites, logins in flight, the logout replay guard.
 
 Sessions started by SSO remember the provider's issuer, sid and subject (back-channel logout names them),
 the encrypted ID token (RP-initiated logout) and a cap no refresh passes; users get the SSO-only flag.
@@ -31,6 +31,7 @@ def upgrade() -> None:
     sa.Column('code_verifier', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('return_to', sqlmodel.sql.sqltypes.AutoString(length=512), nullable=False),
     sa.Column('link_user_id', sa.Uuid(), nullable=True),
+    sa.Column('invite_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('created_at', auth_db.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('expires_at', auth_db.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('used_at', auth_db.types.UTCDateTime(timezone=True), nullable=True),
@@ -48,6 +49,22 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('oidc_logout_jti', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_oidc_logout_jti_expires_at'), ['expires_at'], unique=False)
+
+    op.create_table('sso_invite',
+    sa.Column('token_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('user_id', sa.Uuid(), nullable=False),
+    sa.Column('provider_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('created_by', sa.Uuid(), nullable=True),
+    sa.Column('created_at', auth_db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', auth_db.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('used_at', auth_db.types.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['created_by'], ['user.id'], name=op.f('fk_sso_invite_created_by_user'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['user_id'], ['user.id'], name=op.f('fk_sso_invite_user_id_user'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('token_hash', name=op.f('pk_sso_invite'))
+    )
+    with op.batch_alter_table('sso_invite', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sso_invite_expires_at'), ['expires_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sso_invite_user_id'), ['user_id'], unique=False)
 
     op.create_table('user_identity',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -97,6 +114,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_user_identity_user_id'))
 
     op.drop_table('user_identity')
+    with op.batch_alter_table('sso_invite', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sso_invite_user_id'))
+        batch_op.drop_index(batch_op.f('ix_sso_invite_expires_at'))
+
+    op.drop_table('sso_invite')
     with op.batch_alter_table('oidc_logout_jti', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_oidc_logout_jti_expires_at'))
 

@@ -266,6 +266,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/users/{user_id}/sso-invites": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create Sso Invite
+         * @description A single-use link: the first sign-in through that provider that follows it binds to this account.
+         *
+         *     For when the user's subject at the provider is not known beforehand. The link holds a random token
+         *     (only its hash is stored) and expires after ``valid_days``.
+         */
+        post: operations["create_sso_invite_admin_users__user_id__sso_invites_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/users/{user_id}/totp/reset": {
         parameters: {
             query?: never;
@@ -611,6 +634,9 @@ export interface paths {
         /**
          * Start Login
          * @description Start signing in at the provider: redirects the browser to its authorization endpoint.
+         *
+         *     With ``invite`` (the link an administrator handed out), the identity that signs in is bound to the
+         *     invited account, once.
          */
         get: operations["start_login_auth_sso__provider_id__login_get"];
         put?: never;
@@ -1295,6 +1321,35 @@ export interface components {
             provider: string;
             /** Subject */
             subject: string;
+        };
+        /**
+         * InviteCreated
+         * @description Hand ``invite_url`` to the user (shown once): opening it signs in at the provider and binds.
+         */
+        InviteCreated: {
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Invite Url */
+            invite_url: string;
+        };
+        /**
+         * InviteRequest
+         * @description Invite an account to bind its identity at a provider at its first sign-in there.
+         */
+        InviteRequest: {
+            /**
+             * Provider
+             * @description The provider's id (OIDC_PROVIDERS).
+             */
+            provider: string;
+            /**
+             * Valid Days
+             * @default 7
+             */
+            valid_days: number;
         };
         /**
          * LetterAmend
@@ -3162,6 +3217,72 @@ export interface operations {
             };
         };
     };
+    create_sso_invite_admin_users__user_id__sso_invites_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["InviteRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InviteCreated"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     reset_totp_admin_users__user_id__totp_reset_post: {
         parameters: {
             query?: never;
@@ -4034,6 +4155,8 @@ export interface operations {
         parameters: {
             query?: {
                 return_to?: string | null;
+                /** @description An administrator's invite. */
+                invite?: string | null;
             };
             header?: never;
             path: {
