@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, update
+from sqlalchemy import CursorResult, and_, delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -342,9 +342,18 @@ async def load_session_user(
 
 
 async def revoke_idp_sessions(
-    session: AsyncSession, *, issuer: str, sid: str | None, subject: str | None, reason: str, now: datetime
+    session: AsyncSession,
+    *,
+    issuer: str,
+    sid: str | None,
+    subject: str | None,
+    reason: str,
+    now: datetime,
+    user_id: uuid.UUID | None = None,
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """Revoke every live session started by ``issuer`` with this ``sid`` (or, without one, this subject).
+
+    ``user_id`` narrows it to the sessions of that user.
 
     Returns:
         The (user id, session family) of each session that was still live.
@@ -352,6 +361,8 @@ async def revoke_idp_sessions(
     condition = (
         col(AuthSession.idp_sid) == sid if sid is not None else col(AuthSession.idp_subject) == subject
     )
+    if user_id is not None:
+        condition = and_(condition, col(AuthSession.user_id) == user_id)
     live = await session.exec(
         select(AuthSession.user_id, AuthSession.family_id)
         .where(

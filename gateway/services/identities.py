@@ -16,11 +16,11 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth_db.models import AuthSession, SsoInvite, User, UserIdentity
+from auth_db.models import SsoInvite, User, UserIdentity
 from auth_db.types import utcnow
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
 from gateway.security.principal import Role
-from gateway.security.sessions import revoke_family
+from gateway.security.sessions import revoke_idp_sessions
 from gateway.settings import Settings
 from gateway.sso.config import OidcProvider, Provisioning
 
@@ -101,26 +101,18 @@ async def unlink_identity(
     identity = await session.get(UserIdentity, identity_id)
     if identity is None or identity.user_id != user_id:
         raise NotFound("This account has no such identity.", code="identity_not_found")
-    now = utcnow()
-    families = (
-        await session.exec(
-            select(AuthSession.family_id)
-            .where(
-                col(AuthSession.user_id) == user_id,
-                col(AuthSession.idp_issuer) == identity.issuer,
-                col(AuthSession.idp_subject) == identity.subject,
-                col(AuthSession.revoked_at).is_(None),
-                col(AuthSession.used_at).is_(None),
-                AuthSession.expires_at > now,
-            )
-            .distinct()
-        )
-    ).all()
-    for family in families:
-        await revoke_family(session, family, reason="identity_unlinked", now=now)
+    ended = await revoke_idp_sessions(
+        session,
+        issuer=identity.issuer,
+        sid=None,
+        subject=identity.subject,
+        reason="identity_unlinked",
+        now=utcnow(),
+        user_id=user_id,
+    )
     await session.delete(identity)
     await session.flush()
-    return identity, len(families)
+    return identity, len(ended)
 
 
 async def create_jit_user(session: AsyncSession, provider: OidcProvider, claims: dict[str, Any]) -> User:
