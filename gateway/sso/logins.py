@@ -9,7 +9,6 @@ the code is redeemed, so a replayed callback is refused before anything reaches 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -24,6 +23,7 @@ from sqlmodel import col
 
 from auth_db.engine import SessionFactory, transaction
 from auth_db.models import OidcLogin, OidcLogoutReplay, SsoInvite
+from gateway.security.tokens import hash_token
 
 #: A return path the browser may ask to come back to: one absolute path on the frontend, no scheme, no
 #: host, no ``//`` or ``/\\`` (which browsers read as another host), printable ASCII only.
@@ -48,13 +48,9 @@ class NewLogin:
     code_verifier: str
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def safe_return_path(value: str | None) -> str:
     """``value`` if it is an allowed return path, else ``/`` (never an open redirect)."""
-    if value and RETURN_PATH.fullmatch(value) and "\\" not in value:
+    if value and RETURN_PATH.fullmatch(value):
         return value
     return "/"
 
@@ -80,8 +76,8 @@ async def create_login(
         await session.exec(delete(OidcLogin).where(col(OidcLogin.expires_at) < now))
         session.add(
             OidcLogin(
-                state_hash=_digest(login.state),
-                binding_hash=_digest(login.binding),
+                state_hash=hash_token(login.state),
+                binding_hash=hash_token(login.binding),
                 provider_id=provider_id,
                 nonce=login.nonce,
                 code_verifier=login.code_verifier,
@@ -107,14 +103,14 @@ async def consume_login(
     if not state or len(state) > 128:
         raise LoginRejected("invalid_state")
     async with transaction(factory) as session:
-        row = await session.get(OidcLogin, _digest(state))
+        row = await session.get(OidcLogin, hash_token(state))
         if row is None or row.provider_id != provider_id:
             raise LoginRejected("invalid_state")
         if row.used_at is not None:
             raise LoginRejected("state_replayed")
         if row.expires_at <= now:
             raise LoginRejected("state_expired")
-        if not binding or not hmac.compare_digest(row.binding_hash, _digest(binding)):
+        if not binding or not hmac.compare_digest(row.binding_hash, hash_token(binding)):
             raise LoginRejected("browser_mismatch")
         claimed = await session.exec(
             update(OidcLogin)
@@ -142,11 +138,6 @@ async def remember_logout_token(
     return True
 
 
-def invite_digest(token: str) -> str:
-    """How an invite token is stored (and looked up): its SHA-256, never the token."""
-    return _digest(token)
-
-
 async def create_invite(
     factory: SessionFactory,
     *,
@@ -159,7 +150,7 @@ async def create_invite(
     """A new single-use invite for ``user_id`` at ``provider_id``; returns its token (shown once) and row."""
     token = secrets.token_urlsafe(32)
     invite = SsoInvite(
-        token_hash=_digest(token),
+        token_hash=hash_token(token),
         user_id=user_id,
         provider_id=provider_id,
         created_by=created_by,
@@ -180,7 +171,7 @@ async def open_invite(factory: SessionFactory, *, token: str, provider_id: str, 
     if not token or len(token) > 128:
         raise LoginRejected("invite_invalid")
     async with transaction(factory) as session:
-        invite = await session.get(SsoInvite, _digest(token))
+        invite = await session.get(SsoInvite, hash_token(token))
     if (
         invite is None
         or invite.provider_id != provider_id
