@@ -106,7 +106,6 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             SsoService(
                 settings,
                 factory,
-                app.state.audit,
                 {p.id: ProviderClient(p, idp_http) for p in settings.oidc_providers},
             )
             if idp_http is not None

@@ -84,11 +84,10 @@ class SsoService:
     """The gateway's side of OpenID Connect, for every configured provider."""
 
     def __init__(
-        self, settings: Settings, factory: SessionFactory, audit: AuditLog, clients: dict[str, ProviderClient]
+        self, settings: Settings, factory: SessionFactory, clients: dict[str, ProviderClient]
     ) -> None:
         self.settings = settings
         self.factory = factory
-        self.audit = audit
         self.clients = clients
         self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(settings, "sso-id-token")))
         self._logout_links = SignedCursor(settings, "sso-logout", ttl_seconds=LOGOUT_LINK_TTL_SECONDS)
