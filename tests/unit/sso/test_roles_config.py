@@ -15,25 +15,10 @@ from joserfc.jwk import RSAKey
 
 from gateway.security.principal import Role
 from gateway.settings import ConfigError, load_settings
-from gateway.sso.config import OidcProvider
 from gateway.sso.provider import ProviderClient, create_idp_http_client
 from gateway.sso.roles import mapped_roles
 from tests.oidc_fake import FakeIdp
-
-ISSUER = "https://idp.test/realms/hospital"
-
-
-def provider(**overrides: Any) -> OidcProvider:
-    values: dict[str, Any] = {
-        "id": "hospital",
-        "display_name": "Hospital",
-        "issuer": ISSUER,
-        "client_id": "gateway",
-        "client_secret": "secret",
-        "role_map": {"gateway-clinician": ["clinician"], "gateway-admin": ["admin"]},
-    }
-    values.update(overrides)
-    return OidcProvider.model_validate(values)
+from tests.unit.sso.providers import ISSUER, provider
 
 
 class TestRoleMapping:

@@ -13,7 +13,6 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from gateway.sso.config import OidcProvider
 from gateway.sso.tokens import (
     MAX_TOKEN_BYTES,
     TokenRejected,
@@ -21,25 +20,12 @@ from gateway.sso.tokens import (
     validate_id_token,
     validate_logout_token,
 )
+from tests.unit.sso.providers import ISSUER, provider
 
-ISSUER = "https://idp.test/realms/hospital"
 NOW = 1_800_000_000
 KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"})
 KEYS = KeySet([RSAKey.import_key(KEY.as_dict(private=False))])
 EVENT = {"http://schemas.openid.net/event/backchannel-logout": {}}
-
-
-def provider(**overrides: Any) -> OidcProvider:
-    values: dict[str, Any] = {
-        "id": "hospital",
-        "display_name": "Hospital",
-        "issuer": ISSUER,
-        "client_id": "gateway",
-        "client_secret": "secret",
-        "role_map": {"gateway-clinician": ["clinician"]},
-    }
-    values.update(overrides)
-    return OidcProvider.model_validate(values)
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
