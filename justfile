@@ -60,6 +60,10 @@ create-admin username *args:
 templates-sync:
     uv run gateway templates sync
 
+# Check the FHIR<->openEHR links, read-only: exit 1 on problems, 2 when it cannot check (args: --json, --page-size N)
+check-links *args:
+    uv run gateway check links {{args}}
+
 # Start the whole stack with Docker (needs .env; see docs/operations.md) and wait until healthy
 stack-up *args:
     docker compose -f compose.dev.yml --env-file .env up -d --build --wait {{args}}

@@ -1,8 +1,9 @@
-"""The ``gateway`` command line: serve, configuration, database migrations, accounts, templates.
+"""The ``gateway`` command line: serve, configuration, database migrations, accounts, templates, checks.
 
 This module only assembles the command groups, each in a module of its own (:mod:`.config`, :mod:`.db`,
-:mod:`.users`, :mod:`.templates`, :mod:`.serve`); they share :func:`gateway.cli.config.settings_or_exit`, so
-every command reads the same settings as the server and stops with a readable message on bad configuration.
+:mod:`.users`, :mod:`.templates`, :mod:`.links`, :mod:`.serve`); they share
+:func:`gateway.cli.config.settings_or_exit`, so every command reads the same settings as the server and stops
+with a readable message on bad configuration.
 Run it as ``gateway …`` (the console script) or ``python -m gateway.cli …``.
 """
 
@@ -12,6 +13,7 @@ import typer
 
 from gateway.cli.config import config_app
 from gateway.cli.db import db_app
+from gateway.cli.links import check_app
 from gateway.cli.serve import serve
 from gateway.cli.templates import templates_app
 from gateway.cli.users import users_app
@@ -22,3 +24,4 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(templates_app, name="templates")
+app.add_typer(check_app, name="check")

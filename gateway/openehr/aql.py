@@ -104,3 +104,74 @@ def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
             )
         )
     return summaries
+
+
+# --- link integrity (``gateway check links``) ------------------------------------------------------
+
+#: EHRs whose subject is in one namespace, with the subject's id. Ordered by EHR id so that ``offset`` and
+#: ``fetch`` walk the EHRs in a stable order (EHRbase 2.x orders only by a path that is also selected).
+LIST_SUBJECT_EHRS = (
+    "SELECT e/ehr_id/value AS ehr_id, "
+    "e/ehr_status/subject/external_ref/id/value AS subject_id, "
+    "e/ehr_status/subject/external_ref/namespace AS namespace "
+    "FROM EHR e "
+    "WHERE e/ehr_status/subject/external_ref/namespace = $namespace "
+    "ORDER BY e/ehr_id/value"
+)
+
+#: One EHR and its subject, whatever the namespace (no row: EHRbase holds no EHR of this id).
+EHR_SUBJECT = (
+    "SELECT e/ehr_id/value AS ehr_id, "
+    "e/ehr_status/subject/external_ref/id/value AS subject_id, "
+    "e/ehr_status/subject/external_ref/namespace AS namespace "
+    "FROM EHR e "
+    "WHERE e/ehr_id/value = $ehr_id"
+)
+
+#: How many compositions (of any template) one EHR holds. ``COUNT`` of a path, not ``COUNT(*)``: EHRbase
+#: before 2.25 fails to bind parameters in a query with ``COUNT(*)``.
+COUNT_COMPOSITIONS = (
+    "SELECT COUNT(c/uid/value) AS compositions "
+    "FROM EHR e CONTAINS COMPOSITION c "
+    "WHERE e/ehr_id/value = $ehr_id"
+)
+
+EHR_SUBJECT_COLUMNS = ("ehr_id", "subject_id", "namespace")
+
+
+def list_subject_ehrs_request(*, namespace: str, offset: int, fetch: int) -> dict[str, Any]:
+    """The AQL request for one page of the EHRs whose subject is in ``namespace``."""
+    return aql_request(LIST_SUBJECT_EHRS, {"namespace": namespace}, offset=offset, fetch=fetch)
+
+
+def ehr_subject_request(*, ehr_id: str) -> dict[str, Any]:
+    """The AQL request reading the subject of EHR ``ehr_id``."""
+    return aql_request(EHR_SUBJECT, {"ehr_id": ehr_id})
+
+
+def count_compositions_request(*, ehr_id: str) -> dict[str, Any]:
+    """The AQL request counting the compositions of EHR ``ehr_id``."""
+    return aql_request(COUNT_COMPOSITIONS, {"ehr_id": ehr_id})
+
+
+def named_rows(result_set: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of an AQL result set as ``{column name: value}``, for the columns ``names`` only.
+
+    Raises:
+        ResultSetError: a column is missing or a row is malformed.
+    """
+    columns = result_set.get("columns")
+    rows = result_set.get("rows")
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        raise ResultSetError("result set without columns/rows")
+    found = [column.get("name") if isinstance(column, dict) else None for column in columns]
+    try:
+        index = {name: found.index(name) for name in names}
+    except ValueError:
+        raise ResultSetError(f"result set lacks one of the columns {', '.join(names)}") from None
+    parsed: list[dict[str, Any]] = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) < len(found):
+            raise ResultSetError("malformed row")
+        parsed.append({name: row[position] for name, position in index.items()})
+    return parsed
