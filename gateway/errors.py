@@ -125,6 +125,10 @@ class NotFound(ApiError):
     status, code, title = 404, "not_found", "Not found"
 
 
+class NotAcceptable(ApiError):
+    status, code, title = 406, "not_acceptable", "Not acceptable"
+
+
 class Gone(ApiError):
     status, code, title = 410, "gone", "Gone"
 
@@ -190,6 +194,21 @@ class OrjsonResponse(JSONResponse):
 
 
 def problem_response(request: Request, error: ApiError) -> JSONResponse:
+    """The error as problem+json, or as an OperationOutcome on the FHIR face (``/fhir``).
+
+    The FHIR face is read-only, so its request errors are 400 (FHIR's status for a bad search or id)
+    where the JSON API answers 422.
+    """
+    from gateway.r4.outcome import FHIR_JSON, is_fhir_path, outcome_of
+
+    if is_fhir_path(request.url.path):
+        status = 400 if error.status == 422 else error.status
+        return OrjsonResponse(
+            outcome_of(error, request_id_of(request)),
+            status_code=status,
+            headers=error.headers,
+            media_type=FHIR_JSON,
+        )
     problem = error.to_problem(request_id_of(request))
     return OrjsonResponse(
         problem.model_dump(exclude_none=True),

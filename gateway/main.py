@@ -23,6 +23,9 @@ from gateway.api import (
     auth,
     break_glass,
     care_team,
+    fhir,
+    fhir_documents,
+    fhir_patients,
     health,
     letters,
     patients,
@@ -38,10 +41,12 @@ from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
 from gateway.metrics import PrometheusObserver, install_observer, observe_audit_batch
 from gateway.middleware import GatewayMiddleware
+from gateway.r4.ids import DocumentIds
 from gateway.security.authz import Authoriser, watch_authorisation_changes
 from gateway.security.passwords import PasswordService
 from gateway.security.principal import Role
 from gateway.security.tokens import AccessTokenVerifier
+from gateway.services.documents import DocumentCache
 from gateway.services.sso import SsoService
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.sso.provider import ProviderClient, create_idp_http_client
@@ -162,12 +167,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.token_verifier = AccessTokenVerifier(settings)
+    app.state.document_ids = DocumentIds(settings)
+    app.state.document_cache = DocumentCache(settings.fhir_document_cache_size, ttl_seconds=300)
     install_error_handlers(app)
     # Routes are matched in this order, one after the other: the PHI routes every page view uses come
     # first, right after the probes.
     app.include_router(health.router)
     app.include_router(patients.router)
     app.include_router(letters.router)
+    app.include_router(fhir.router)
+    app.include_router(fhir_patients.router)
+    app.include_router(fhir_documents.router)
     if settings.metrics_enabled:
         app.include_router(metrics_api.router)
     app.include_router(auth.router)

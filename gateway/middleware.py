@@ -21,8 +21,9 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import request_id_var
-from gateway.errors import PROBLEM_JSON
+from gateway.errors import PROBLEM_JSON, ApiError
 from gateway.metrics import observe_request, record_shed
+from gateway.r4.outcome import FHIR_JSON, is_fhir_path, outcome_of
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{8,128}$")
@@ -180,9 +181,15 @@ class GatewayMiddleware:
     async def _problem(
         self, send: Send, problem: dict[str, Any], path: str, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        media_type = PROBLEM_JSON
         body = orjson.dumps(problem)
+        if is_fhir_path(path):  # the FHIR face answers with an OperationOutcome
+            error = ApiError(
+                problem["detail"], code=problem["code"], status=problem["status"], title=problem["title"]
+            )
+            media_type, body = FHIR_JSON, orjson.dumps(outcome_of(error, problem["request_id"]))
         headers = [
-            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-type", media_type.encode()),
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", str(problem["request_id"]).encode()),
             *extra,

@@ -144,6 +144,21 @@ class Settings(BaseSettings):
     )
     oidc_login_ttl_seconds: int = Field(default=600, ge=60, le=1800)
 
+    # --- the FHIR face (/fhir) -------------------------------------------------------------------
+    fhir_inline_attachment_max_bytes: int = Field(
+        default=32_768,
+        ge=0,
+        le=1_000_000,
+        description="Letter texts up to this size (UTF-8 bytes) are inlined in a DocumentReference; "
+        "longer ones are linked as a Binary URL.",
+    )
+    fhir_document_cache_size: int = Field(
+        default=512,
+        ge=0,
+        le=100_000,
+        description="Mapped DocumentReferences kept in each process's memory (5 minutes at most; 0: off).",
+    )
+
     # --- HAPI FHIR -----------------------------------------------------------------------------
     fhir_server_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8080/fhir")
     fhir_auth_mode: FhirAuthMode = FhirAuthMode.none

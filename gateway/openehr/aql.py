@@ -27,6 +27,29 @@ LIST_LETTERS = (
 
 SUMMARY_COLUMNS = ("uid", "title", "status", "author", "author_id", "date")
 
+_DOCUMENT_SELECT = (
+    "SELECT c/uid/value AS uid, "
+    "s/name/value AS title, "
+    "c/context/other_context[at0001]/items[at0005]/value/value AS status, "
+    "c/composer/name AS author, "
+    "c/composer/external_ref/id/value AS author_id, "
+    "c/context/start_time/value AS date, "
+    "s/items[openEHR-EHR-EVALUATION.clinical_synopsis.v1]/data[at0001]/items[at0002]/value/value AS body "
+    "FROM EHR e "
+    "CONTAINS COMPOSITION c[openEHR-EHR-COMPOSITION.report.v1] "
+    "CONTAINS SECTION s[openEHR-EHR-SECTION.adhoc.v1] "
+    "WHERE e/ehr_id/value = $ehr_id "
+    "AND c/archetype_details/template_id/value = $template_id "
+)
+#: Letters of one EHR with their text, newest first (the FHIR DocumentReference search).
+LIST_LETTER_DOCUMENTS = _DOCUMENT_SELECT + "ORDER BY c/context/start_time/value DESC"
+#: The same, written at or after ``$from`` and before ``$to`` (ISO 8601; EHRbase compares to the second).
+LIST_LETTER_DOCUMENTS_BETWEEN = (
+    _DOCUMENT_SELECT
+    + "AND c/context/start_time/value >= $from AND c/context/start_time/value < $to "
+    + "ORDER BY c/context/start_time/value DESC"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class LetterSummary:
@@ -38,6 +61,8 @@ class LetterSummary:
     author: str
     author_id: str | None
     date: str
+    #: The letter's text, in the rows of :data:`LIST_LETTER_DOCUMENTS` only.
+    body: str | None = None
 
 
 class ResultSetError(ValueError):
@@ -70,6 +95,24 @@ def list_letters_request(*, ehr_id: str, template_id: str, offset: int, fetch: i
     )
 
 
+def list_documents_request(
+    *,
+    ehr_id: str,
+    template_id: str,
+    date_from: str | None,
+    date_to: str | None,
+    offset: int,
+    fetch: int,
+) -> dict[str, Any]:
+    """The AQL request of one page of letters with their text, optionally within ``[date_from, date_to)``."""
+    parameters = {"ehr_id": ehr_id, "template_id": template_id}
+    if date_from is None and date_to is None:
+        return aql_request(LIST_LETTER_DOCUMENTS, parameters, offset=offset, fetch=fetch)
+    parameters["from"] = date_from or "0001-01-01T00:00:00Z"
+    parameters["to"] = date_to or "9999-12-31T23:59:59Z"
+    return aql_request(LIST_LETTER_DOCUMENTS_BETWEEN, parameters, offset=offset, fetch=fetch)
+
+
 def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
     """Letter summaries from an AQL result set, matched to columns by name (not position).
 
@@ -85,6 +128,7 @@ def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
         index = {name: names.index(name) for name in SUMMARY_COLUMNS}
     except ValueError:
         raise ResultSetError("result set lacks a summary column") from None
+    body_index = names.index("body") if "body" in names else None
     summaries: list[LetterSummary] = []
     for row in rows:
         if not isinstance(row, list) or len(row) < len(names):
@@ -93,6 +137,7 @@ def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
         if not isinstance(uid, str):
             raise ResultSetError("row without uid")
         author_id = row[index["author_id"]]
+        body = row[body_index] if body_index is not None else None
         summaries.append(
             LetterSummary(
                 uid=uid,
@@ -101,6 +146,7 @@ def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
                 author=str(row[index["author"]] or ""),
                 author_id=str(author_id) if author_id is not None else None,
                 date=str(row[index["date"]] or ""),
+                body=str(body) if body is not None else None,
             )
         )
     return summaries

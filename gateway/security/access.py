@@ -20,12 +20,20 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from auth_db.engine import SessionFactory
 from auth_db.models import BreakGlassGrant, CareTeamLink
 from auth_db.types import utcnow
-from gateway.audit import Actor, Outcome
+from gateway.audit import Actor, AuditLog, Outcome
 from gateway.deps import AuditDep
 from gateway.errors import Forbidden
 from gateway.security.deps import FHIR_ID_PATTERN, CurrentPrincipal, Relationship, check_permission
 
-__all__ = ["FHIR_ID_PATTERN", "PatientAccess", "PatientIdPath", "grant_care_team", "patient_access"]
+__all__ = [
+    "FHIR_ID_PATTERN",
+    "PatientAccess",
+    "PatientIdPath",
+    "authorize_patient",
+    "grant_care_team",
+    "patient_access",
+    "related_patients",
+]
 from gateway.security.principal import Permission, Principal
 
 PatientIdPath = Annotated[
@@ -104,29 +112,66 @@ def patient_access(permission: Permission, action: str) -> Callable[..., Awaitab
     async def dependency(
         request: Request, patient_id: PatientIdPath, principal: CurrentPrincipal, audit: AuditDep
     ) -> PatientAccess:
-        check_permission(principal, permission)
-        found: Relationship | None = getattr(request.state, "relationship", None)
-        if found is None or found.user_id != principal.user_id or found.patient_id != patient_id:
-            found = await _ask(request, principal.user_id, patient_id)
-        if found.care_team:
-            return PatientAccess(principal, patient_id, break_glass=False, ehr_id=found.ehr_id)
-        if found.break_glass:
-            return PatientAccess(principal, patient_id, break_glass=True, ehr_id=found.ehr_id)
-        await audit.record(
-            action=action,
-            outcome=Outcome.denied,
-            actor=principal.actor,
-            patient_id=patient_id,
-            reason="no care-team link or active break-glass grant",
-        )
-        raise Forbidden(
-            "You have no care relationship with this patient. Ask an administrator for a care-team "
-            "link, or use break-glass in an emergency.",
-            code="no_patient_relationship",
-        )
+        return await authorize_patient(request, principal, audit, patient_id, permission, action)
 
     dependency.__name__ = f"patient_access_{permission.name}"
     return dependency
+
+
+async def authorize_patient(
+    request: Request,
+    principal: Principal,
+    audit: AuditLog,
+    patient_id: str,
+    permission: Permission,
+    action: str,
+) -> PatientAccess:
+    """The check :func:`patient_access` makes, for routes that learn the patient another way (``/fhir``).
+
+    Raises:
+        Forbidden: ``permission_denied`` or ``no_patient_relationship`` (a ``denied`` record written).
+    """
+    check_permission(principal, permission)
+    found: Relationship | None = getattr(request.state, "relationship", None)
+    if found is None or found.user_id != principal.user_id or found.patient_id != patient_id:
+        found = await _ask(request, principal.user_id, patient_id)
+    if found.care_team:
+        return PatientAccess(principal, patient_id, break_glass=False, ehr_id=found.ehr_id)
+    if found.break_glass:
+        return PatientAccess(principal, patient_id, break_glass=True, ehr_id=found.ehr_id)
+    await audit.record(
+        action=action,
+        outcome=Outcome.denied,
+        actor=principal.actor,
+        patient_id=patient_id,
+        reason="no care-team link or active break-glass grant",
+    )
+    raise Forbidden(
+        "You have no care relationship with this patient. Ask an administrator for a care-team "
+        "link, or use break-glass in an emergency.",
+        code="no_patient_relationship",
+    )
+
+
+async def related_patients(factory: SessionFactory, user_id: uuid.UUID, patient_ids: list[str]) -> set[str]:
+    """Which of ``patient_ids`` the user may open: an active care-team link or break-glass grant."""
+    if not patient_ids:
+        return set()
+    care = select(CareTeamLink.patient_id).where(
+        CareTeamLink.user_id == user_id,
+        col(CareTeamLink.patient_id).in_(patient_ids),
+        col(CareTeamLink.revoked_at).is_(None),
+    )
+    grants = select(BreakGlassGrant.patient_id).where(
+        BreakGlassGrant.user_id == user_id,
+        col(BreakGlassGrant.patient_id).in_(patient_ids),
+        BreakGlassGrant.expires_at > utcnow(),
+        col(BreakGlassGrant.revoked_at).is_(None),
+    )
+    async with factory() as session:
+        found = set((await session.exec(care)).all())
+        found.update((await session.exec(grants)).all())
+    return found
 
 
 async def _ask(request: Request, user_id: uuid.UUID, patient_id: str) -> Relationship:

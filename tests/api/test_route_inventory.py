@@ -46,6 +46,8 @@ PUBLIC = {
     # Single sign-on: the provider list, the navigations of the flow, and the provider's own back-channel
     # call (authenticated by its signed logout token, not by a session); see docs/sso.md.
     ("GET", "/auth/sso/providers"),
+    # The FHIR face's CapabilityStatement (no patient data; FHIR clients read it before authenticating).
+    ("GET", "/fhir/metadata"),
     ("GET", "/auth/sso/{provider_id}/login"),
     ("GET", "/auth/sso/{provider_id}/callback"),
     ("POST", "/auth/sso/{provider_id}/backchannel-logout"),

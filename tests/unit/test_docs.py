@@ -14,7 +14,8 @@ CODE_PATTERNS = (
     re.compile(r"(?m)^\s*\d{3}: \(\"([a-z][a-z0-9_]+)\","),  # the HTTP status table in errors.py
     re.compile(r"\"code\": \"([a-z][a-z0-9_]+)\""),  # problem bodies written by hand (middleware)
 )
-NOT_ERROR_CODES = {"rest"}  # FHIR AuditEvent codings, not API error codes
+#: FHIR codings, not API error codes (AuditEvent, CapabilityStatement interactions, an IssueType).
+NOT_ERROR_CODES = {"rest", "read", "vread", "invalid"}
 
 
 def error_codes() -> set[str]:

@@ -14,6 +14,8 @@ import pytest
 from tests.browser.openapi import openapi_document
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
+#: The FHIR face (/fhir) answers errors as FHIR OperationOutcomes, declared as 4XX/5XX ranges.
+OUTCOME = {"$ref": "#/components/schemas/OperationOutcomeBody"}
 METHODS = {"get", "put", "post", "patch", "delete"}
 #: Non-2xx answers that are not errors: readiness reports which store is down in its own shape.
 NOT_PROBLEMS = {
@@ -60,6 +62,15 @@ def test_every_body_has_a_schema_and_every_error_is_a_problem(
     for media, content in operation.get("requestBody", {}).get("content", {}).items():
         assert content.get("schema"), f"{method} {path}: request body {media} has no schema"
     responses: dict[str, dict[str, Any]] = operation["responses"]
+    if path.startswith("/fhir/"):
+        assert {"4XX", "5XX"} <= set(responses), f"{method} {path}: errors not declared"
+        for status in ("4XX", "5XX"):
+            outcome = responses[status]["content"]["application/fhir+json"]["schema"]
+            assert outcome == OUTCOME, f"{method} {path}: {status} is not an OperationOutcome"
+        assert not [s for s in responses if s[0] in "45" and s not in ("4XX", "5XX")], (
+            f"{method} {path}: a problem+json status on the FHIR face"
+        )
+        return
     for status, response in responses.items():
         content: dict[str, dict[str, Any]] = response.get("content", {})
         if int(status) >= 400 and (method, path, status) not in NOT_PROBLEMS:

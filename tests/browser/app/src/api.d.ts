@@ -747,6 +747,186 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/fhir/Binary/{document_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A letter's text
+         * @description The letter's text (``text/plain``), or a ``Binary`` resource when FHIR JSON is asked for.
+         */
+        get: operations["read_binary_fhir_Binary__document_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/Binary/{document_id}/_history/{version_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One version's text
+         * @description The text of one version of a letter.
+         */
+        get: operations["vread_binary_fhir_Binary__document_id___history__version_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/DocumentReference": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search letters
+         * @description One patient's letters as DocumentReferences (latest versions, newest first).
+         */
+        get: operations["search_documents_fhir_DocumentReference_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/DocumentReference/{document_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read a letter
+         * @description The letter's latest version as a DocumentReference.
+         */
+        get: operations["read_document_fhir_DocumentReference__document_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/DocumentReference/{document_id}/_history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every version of a letter
+         * @description A ``history`` Bundle of the letter's versions, newest first.
+         */
+        get: operations["document_history_fhir_DocumentReference__document_id___history_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/DocumentReference/{document_id}/_history/{version_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read one version of a letter
+         * @description One version (``status`` superseded unless it is the latest).
+         */
+        get: operations["vread_document_fhir_DocumentReference__document_id___history__version_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/Patient": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search patients
+         * @description HAPI FHIR's Patients: full for patients in the caller's care, identifying demographics for others.
+         */
+        get: operations["search_patients_fhir_Patient_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/Patient/{patient_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read a patient
+         * @description The Patient exactly as HAPI FHIR sent it (care team or break-glass needed).
+         */
+        get: operations["read_patient_fhir_Patient__patient_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/metadata": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * CapabilityStatement
+         * @description What the FHIR face supports (no authentication needed, no patient data).
+         */
+        get: operations["metadata_fhir_metadata_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -1581,6 +1761,55 @@ export interface components {
             error: string;
             /** Error Description */
             error_description: string;
+        };
+        /**
+         * OperationOutcomeBody
+         * @description A FHIR R4 OperationOutcome: the body of every error under ``/fhir`` (documentation schema).
+         */
+        OperationOutcomeBody: {
+            /** Issue */
+            issue: components["schemas"]["OutcomeIssue"][];
+            /**
+             * Resourcetype
+             * @description Always OperationOutcome.
+             * @default OperationOutcome
+             */
+            resourceType: string;
+        };
+        /** OutcomeCoding */
+        OutcomeCoding: {
+            /** Code */
+            code?: string | null;
+            /** Display */
+            display?: string | null;
+            /** System */
+            system?: string | null;
+        };
+        /** OutcomeDetails */
+        OutcomeDetails: {
+            /** Coding */
+            coding?: components["schemas"]["OutcomeCoding"][] | null;
+            /** Text */
+            text?: string | null;
+        };
+        /** OutcomeIssue */
+        OutcomeIssue: {
+            /**
+             * Code
+             * @description FHIR IssueType, e.g. not-found, forbidden, invalid, transient.
+             */
+            code: string;
+            /** @description The gateway's stable error code (system urn:fhir-openehr-gateway:error-code). */
+            details?: components["schemas"]["OutcomeDetails"] | null;
+            /** Diagnostics */
+            diagnostics?: string | null;
+            /** Expression */
+            expression?: string[] | null;
+            /**
+             * Severity
+             * @description fatal | error | warning | information
+             */
+            severity: string;
         };
         /** PasswordChange */
         PasswordChange: {
@@ -4551,6 +4780,395 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Problem"];
                     "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    read_binary_fhir_Binary__document_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A DocumentReference id. */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The letter's text, or a Binary resource when FHIR JSON is asked for. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                    "text/plain": string;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    vread_binary_fhir_Binary__document_id___history__version_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A DocumentReference id. */
+                document_id: string;
+                /** @description A version number (meta.versionId). */
+                version_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The letter's text, or a Binary resource when FHIR JSON is asked for. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                    "text/plain": string;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    search_documents_fhir_DocumentReference_get: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description `handling=lenient` ignores unknown parameters. */
+                prefer?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    read_document_fhir_DocumentReference__document_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A DocumentReference id. */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    document_history_fhir_DocumentReference__document_id___history_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A DocumentReference id. */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    vread_document_fhir_DocumentReference__document_id___history__version_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A DocumentReference id. */
+                document_id: string;
+                /** @description A version number (meta.versionId). */
+                version_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    search_patients_fhir_Patient_get: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description `handling=lenient` ignores unknown parameters. */
+                prefer?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    read_patient_fhir_Patient__patient_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                patient_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+        };
+    };
+    metadata_fhir_metadata_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A FHIR R4 resource. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": Record<string, never>;
+                };
+            };
+            /** @description A client error (FHIR's 400 for invalid input), as an OperationOutcome. */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
+                };
+            };
+            /** @description An upstream or gateway failure (502, 503, 504), as an OperationOutcome. */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["OperationOutcomeBody"];
+                    "application/json": components["schemas"]["OperationOutcomeBody"];
                 };
             };
         };
