@@ -60,6 +60,21 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
  * {@link RestfulServer} mounted at {@code /fhir}. Only what the gateway uses is switched on: CRUD,
  * search with database-backed paging, conditional create, versioned update with If-Match.
  *
+ * <p>FHIR validation: {@code POST /fhir/{Type}/$validate} (the resource as the body, or a Parameters body
+ * with a {@code resource} part) checks a resource against the R4 core specification. {@link JpaR4Config}
+ * brings it: HAPI's {@code FhirInstanceValidator} (its {@code ValidationSupportConfig}) on the JPA validation
+ * support chain, which holds only in-process sources: the R4 core StructureDefinitions, ValueSets and
+ * CodeSystems of hapi-fhir-validation-resources-r4 ({@code DefaultProfileValidationSupport}), resources
+ * stored in this server, its (empty) terminology tables, snapshot generation, in-memory value set expansion
+ * and {@code CommonCodeSystemsTerminologyService} (a few common code systems, UCUM units among them). No
+ * remote terminology server is configured and unknown profiles are not fetched ("the validator is set to
+ * not fetch unknown profiles"), so validation never leaves the machine. A code of a code system this
+ * server does not hold (SNOMED CT, LOINC) is no error unless a required binding rules it out: HAPI's chain
+ * answers "CodeSystem is unknown and can't be validated" and the core validator reports that as a warning
+ * (SNOMED CT codes are mostly not looked up at all; a preferred or extensible binding whose value set they
+ * are not in gives information or a warning). These are HAPI's defaults, unchanged here;
+ * tests/e2e/test_fhir_validator_infra.py pins them.
+ *
  * <p>Settings (Spring properties, or the environment in relaxed form): {@code gateway-e2e.page-size}
  * (default 20), {@code gateway-e2e.max-page-size} (default 200). Searches are never answered from an
  * earlier search's cache, so a test sees what it just wrote.
