@@ -29,7 +29,7 @@ from auth_db.models import SystemSetting
 from auth_db.types import utcnow
 from gateway.audit import AuditLog, Outcome
 from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
-from gateway.errors import AuthDatabaseUnavailable, Forbidden, NotAuthenticated
+from gateway.errors import ApiError, AuthDatabaseUnavailable, Forbidden, NotAuthenticated
 from gateway.security.authn import Authenticator, ClientInfo
 from gateway.security.authz import Authoriser
 from gateway.security.csrf import check_csrf, cookie_names
@@ -100,6 +100,8 @@ async def authenticated_principal(
     if method == "cookie":
         check_csrf(request, settings)
     patient_id = request.path_params.get("patient_id")
+    if patient_id is None and request.url.path == FHIR_DOCUMENT_SEARCH:
+        patient_id = _searched_patient(request, settings)
     if patient_id is not None and not FHIR_ID.fullmatch(patient_id):
         patient_id = None  # not a patient id at all: the route's own validation answers 422
     authoriser: Authoriser = state.authoriser
@@ -119,6 +121,23 @@ async def authenticated_principal(
             principal.user_id, patient_id, row.care_team, row.break_glass, row.ehr_id
         )
     return principal
+
+
+#: The FHIR search that names its patient in the query (``patient``/``subject``), not in the path.
+FHIR_DOCUMENT_SEARCH = "/fhir/DocumentReference"
+
+
+def _searched_patient(request: Request, settings: Settings) -> str | None:
+    """The patient a DocumentReference search names, so the one statement also answers for it."""
+    from gateway.r4.search import patient_reference
+
+    value = request.query_params.get("patient") or request.query_params.get("subject")
+    if value is None:
+        return None
+    try:
+        return patient_reference(value, f"{settings.public_base}/fhir")
+    except ApiError:
+        return None  # the route refuses it with a precise message
 
 
 @dataclass(frozen=True, slots=True)
