@@ -145,12 +145,13 @@ async def create_letter(
 async def list_letters(
     access: ReadList,
     letters: Letters,
-    cursor: Annotated[str | None, Query(max_length=512, description="From `next_cursor`.")] = None,
+    cursor: Annotated[str | None, Query(max_length=512, description="From `next`.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> LetterPage:
     """Letter summaries of the patient, newest first."""
     page = await letters.list_page(access, cursor=cursor, limit=limit)
-    return LetterPage(items=[_summary(row) for row in page.summaries], next_cursor=page.next_cursor)
+    items = [_summary(row) for row in page.summaries]
+    return LetterPage(items=items, next=page.next_cursor, next_cursor=page.next_cursor)
 
 
 @router.get(

@@ -11,6 +11,7 @@ from gateway.api.http_headers import version_headers
 from gateway.audit import Outcome
 from gateway.deps import AuditDep, SessionDep, SettingsDep
 from gateway.errors import OrjsonResponse, problem_responses
+from gateway.schemas.paging import page_size
 from gateway.schemas.patients import PatientPage, PatientResource
 from gateway.security.access import PatientAccess, grant_care_team, patient_access
 from gateway.security.deps import require
@@ -62,8 +63,11 @@ async def search_patients(
     birthdate: Annotated[str | None, Query(max_length=12)] = None,
     gender: Literal["male", "female", "other", "unknown"] | None = None,
     identifier: Annotated[str | None, Query(max_length=300, description="system|value")] = None,
-    count: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=100, description="Page size (default 20).")] = None,
+    cursor: Annotated[str | None, Query(max_length=2048, description="From `next`.")] = None,
+    count: Annotated[
+        int | None, Query(ge=1, le=100, deprecated=True, description="Deprecated name of `limit`.")
+    ] = None,
 ) -> PatientPage:
     codec = SignedCursor(settings, "patients")
     bound_to = str(principal.user_id)
@@ -74,7 +78,7 @@ async def search_patients(
         params = service.search_params(
             name=name, family=family, given=given, birthdate=birthdate, gender=gender, identifier=identifier
         )
-        page = await fhir.search_patients(params, count)
+        page = await fhir.search_patients(params, page_size(limit, count, default=20, name="count"))
     items = [service.summary(resource) for resource in page.resources]
     await audit.record(
         action="patient.search",

@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth_db.types import utcnow
 from gateway.audit import AuditLog, Outcome
-from gateway.deps import AuditDep, SessionDep
+from gateway.deps import AuditDep, SessionDep, SettingsDep
 from gateway.errors import ApiError, Conflict, UnprocessableEntity, problem_responses
 from gateway.schemas.accounts import (
     PRINTABLE,
@@ -36,6 +36,7 @@ from gateway.security.principal import Permission, Principal, Role
 from gateway.security.sessions import revoke_user_sessions
 from gateway.security.totp import clear_totp
 from gateway.services import accounts
+from gateway.services.cursors import SignedCursor, invalid_cursor
 from gateway.services.identities import NO_LOCAL_PASSWORD, identities_of
 
 router = APIRouter(prefix="/admin/users", tags=["admin: users"])
@@ -149,19 +150,32 @@ async def create_user(
 async def list_users(
     admin: Admin,
     session: SessionDep,
+    settings: SettingsDep,
     q: Annotated[
         str | None, Query(max_length=100, pattern=PRINTABLE, description="Part of username, name or email.")
     ] = None,
     role: Role | None = None,
     active: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[str | None, Query(max_length=2048, description="From `next`.")] = None,
+    offset: Annotated[
+        int | None, Query(ge=0, le=1_000_000, deprecated=True, description="Deprecated: use `cursor`.")
+    ] = None,
 ) -> UserPage:
     """List accounts ordered by username, with optional filters."""
+    codec = SignedCursor(settings, "users")
+    bound_to = str(admin.user_id)
+    start = offset or 0
+    if cursor is not None:
+        start = codec.decode(cursor, bound_to=bound_to).get("o", -1)
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise invalid_cursor()
     items, total = await accounts.list_users(
-        session, query=q, role=role, active=active, limit=limit, offset=offset
+        session, query=q, role=role, active=active, limit=limit, offset=start
     )
-    return UserPage(items=items, total=total, limit=limit, offset=offset)
+    more = start + len(items) < total and bool(items)
+    next_cursor = codec.encode({"o": start + len(items)}, bound_to=bound_to) if more else None
+    return UserPage(items=items, next=next_cursor, total=total, limit=limit, offset=start)
 
 
 @router.get("/{user_id}", response_model=UserPublic, responses=ERRORS)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from gateway.schemas.paging import Page
 from gateway.schemas.patients import PatientSummary
 from gateway.security.access import FHIR_ID_PATTERN
 
@@ -27,9 +28,8 @@ class CareTeamLinkOut(BaseModel):
     revoked_by: uuid.UUID | None
 
 
-class CareTeamPage(BaseModel):
-    items: list[CareTeamLinkOut]
-    next: str | None = None
+class CareTeamPage(Page[CareTeamLinkOut]):
+    """A page of care-team links, newest first."""
 
 
 class MyPatients(BaseModel):
@@ -65,9 +65,8 @@ class BreakGlassGrantOut(BaseModel):
     active: bool
 
 
-class BreakGlassPage(BaseModel):
-    items: list[BreakGlassGrantOut]
-    next: str | None = None
+class BreakGlassPage(Page[BreakGlassGrantOut]):
+    """A page of break-glass grants, newest first."""
 
 
 class AuditEventOut(BaseModel):
@@ -89,6 +88,5 @@ class AuditEventOut(BaseModel):
     details: dict[str, Any] | None
 
 
-class AuditPage(BaseModel):
-    items: list[AuditEventOut]
-    next: str | None = None
+class AuditPage(Page[AuditEventOut]):
+    """A page of audit events, newest first."""

@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from gateway.schemas.paging import Page
 from gateway.security.principal import Permission, Role
 
 Username = Annotated[
@@ -178,11 +179,12 @@ class UserUpdate(Strict):
     )
 
 
-class UserPage(BaseModel):
-    items: list[UserPublic]
-    total: int
-    limit: int
-    offset: int
+class UserPage(Page[UserPublic]):
+    """A page of accounts, ordered by username."""
+
+    total: int = Field(description="Accounts matching the filters, in all.")
+    limit: int = Field(deprecated=True, description="Deprecated: the page size you asked for.")
+    offset: int = Field(deprecated=True, description="Deprecated: page with `cursor`/`next` instead.")
 
 
 class PasswordReset(Strict):

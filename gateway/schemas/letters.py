@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.openehr.composition import LetterContent
+from gateway.schemas.paging import Page
 
 MAX_TITLE = 200
 MAX_BODY = 100_000
@@ -104,8 +105,11 @@ class LetterOut(LetterSummary):
     recipients: list[str]
 
 
-class LetterPage(BaseModel):
+class LetterPage(Page[LetterSummary]):
     """A page of letter summaries, newest first."""
 
-    items: list[LetterSummary]
-    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next page.")
+    next_cursor: str | None = Field(
+        default=None,
+        deprecated=True,
+        description="Deprecated: the same as `next`; removed in the next release.",
+    )

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.schemas.paging import Page
+
 
 class HumanName(BaseModel):
     use: str | None = None
@@ -51,9 +53,7 @@ class PatientSummary(BaseModel):
     identifier: list[Identifier] = Field(default_factory=list)
 
 
-class PatientPage(BaseModel):
+class PatientPage(Page[PatientSummary]):
     """One page of search results; pass ``next`` back as ``cursor`` for the following page."""
 
-    items: list[PatientSummary]
-    next: str | None = Field(default=None, description="Opaque cursor of the next page, if any.")
     total: int | None = Field(default=None, description="Matches in all, when the FHIR server says.")

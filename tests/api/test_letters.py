@@ -392,11 +392,13 @@ class TestList:
             "fetch": 3,
         }
         assert eb.EHR_ID not in sent["q"]
+        assert page["next"] is not None
+        assert page["next_cursor"] == page["next"]  # the deprecated name, for one release
         second = await env.client.get(
-            f"/patients/{PATIENT}/letters", params={"limit": 2, "cursor": page["next_cursor"]}
+            f"/patients/{PATIENT}/letters", params={"limit": 2, "cursor": page["next"]}
         )
         assert [item["title"] for item in second.json()["items"]] == ["Letter 1"]
-        assert second.json()["next_cursor"] is None
+        assert second.json()["next"] is None
         assert json.loads(aql.calls.last.request.content)["offset"] == 2
         events = await env.audit("letter.list")
         assert [e.resource_ids for e in events] == [[rows[0][0], rows[1][0]], [rows[2][0]]]
@@ -420,7 +422,7 @@ class TestList:
         env.ehrbase.get("/ehr").mock(return_value=eb.ehr_not_found_by_subject())
         create_ehr = env.ehrbase.post("/ehr")
         response = await env.client.get(f"/patients/{PATIENT}/letters")
-        assert response.json() == {"items": [], "next_cursor": None}
+        assert response.json() == {"items": [], "next": None, "next_cursor": None}
         assert create_ehr.call_count == 0
 
 

@@ -94,6 +94,20 @@ class TestSearch:
         assert event.resource_ids == ["1001", "1002"]
         assert "Chalmers" not in str(event.details)
 
+    async def test_limit_is_the_page_size_and_count_its_deprecated_name(self, env: Env) -> None:
+        route = env.mock.get("/Patient").mock(return_value=hapi.searchset([hapi.patient("1001")]))
+        for params in ({"limit": 3}, {"count": 3}, {"limit": 3, "count": 3}):
+            response = await env.client.get(
+                "/patients", params={"family": "Chalmers", **params}, headers=env.headers
+            )
+            assert response.status_code == 200, response.text
+            assert route.calls.last.request.url.params["_count"] == "3"
+        conflict = await env.client.get(
+            "/patients", params={"family": "Chalmers", "limit": 3, "count": 4}, headers=env.headers
+        )
+        assert conflict.status_code == 422
+        assert conflict.json()["code"] == "conflicting_page_size"
+
     async def test_paging_uses_a_signed_cursor_not_a_url(self, env: Env) -> None:
         env.mock.get("/Patient").mock(
             return_value=hapi.searchset([hapi.patient("1001")], next_offset=1, count=1)

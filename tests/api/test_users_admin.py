@@ -321,6 +321,24 @@ class TestList:
         assert wildcard["total"] == 0
         assert (await client.get("/admin/users", params={"limit": 0}, headers=headers)).status_code == 422
 
+    async def test_cursor_paging_walks_every_account_once(
+        self, client: httpx.AsyncClient, session_factory: SessionFactory
+    ) -> None:
+        headers = await admin_headers(client, session_factory)
+        for name in ["anna", "bert", "cora", "dirk"]:
+            await create_user(session_factory, username=name, roles=["clinician"])
+        seen: list[str] = []
+        params: dict[str, object] = {"limit": 2}
+        while True:
+            page = (await client.get("/admin/users", params=params, headers=headers)).json()
+            seen += [u["username"] for u in page["items"]]
+            if page["next"] is None:
+                break
+            params = {"limit": 2, "cursor": page["next"]}
+        assert seen == ["anna", "bert", "cora", "dirk", "root"]
+        forged = await client.get("/admin/users", params={"cursor": "x.y"}, headers=headers)
+        assert forged.json()["code"] == "invalid_cursor"
+
     async def test_audit_records_never_hold_passwords(
         self, client: httpx.AsyncClient, session_factory: SessionFactory
     ) -> None:

@@ -155,7 +155,7 @@ def test_search_pages_over_many_patients(stack: Stack, rng: random.Random) -> No
 
         seen: list[str] = []
         sizes: list[int] = []
-        page = clinician.get("/patients", params={"family": f"Etoe{stack.run_id}", "count": 20})
+        page = clinician.get("/patients", params={"family": f"Etoe{stack.run_id}", "limit": 20})
         while True:
             assert page.status_code == 200, page.text
             items = page.json()["items"]
@@ -170,7 +170,7 @@ def test_search_pages_over_many_patients(stack: Stack, rng: random.Random) -> No
         assert len(seen) == len(set(seen)) == EXTRA_PATIENTS + 1
         assert set(seen) == registered
 
-        by_name = clinician.get("/patients", params={"name": f"Etoe{stack.run_id}", "count": 50})
+        by_name = clinician.get("/patients", params={"name": f"Etoe{stack.run_id}", "limit": 50})
         assert by_name.status_code == 200
         assert {item["id"] for item in by_name.json()["items"]} == registered
         assert by_name.json()["total"] == EXTRA_PATIENTS + 1  # one page: HAPI counts the matches
@@ -233,7 +233,11 @@ def test_write_draft_and_final_letters(stack: Stack) -> None:
     patient_id = stack.state["patient_id"]
     key = f"e2e-{uuid.uuid4()}"
     with stack.client(stack.clinician_token) as clinician:
-        assert clinician.get(f"/patients/{patient_id}/letters").json() == {"items": [], "next_cursor": None}
+        assert clinician.get(f"/patients/{patient_id}/letters").json() == {
+            "items": [],
+            "next": None,
+            "next_cursor": None,
+        }
         draft = clinician.post(
             f"/patients/{patient_id}/letters",
             json=letter("Clinic letter", "draft"),
@@ -270,12 +274,12 @@ def test_list_newest_first_with_paging(stack: Stack) -> None:
         first = clinician.get(f"/patients/{patient_id}/letters", params={"limit": 1})
         assert first.status_code == 200, first.text
         assert [item["id"] for item in first.json()["items"]] == [stack.state["final"]["id"]]
-        cursor = first.json()["next_cursor"]
+        cursor = first.json()["next"]
         assert cursor
         second = clinician.get(f"/patients/{patient_id}/letters", params={"limit": 1, "cursor": cursor})
         assert second.status_code == 200, second.text
         assert [item["id"] for item in second.json()["items"]] == [stack.state["draft"]["id"]]
-        assert second.json()["next_cursor"] is None
+        assert second.json()["next"] is None
         item = second.json()["items"][0]
         assert item["title"] == "Clinic letter"
         assert item["status"] == "draft"

@@ -1244,11 +1244,17 @@ export interface components {
             /** Target Type */
             target_type: string | null;
         };
-        /** AuditPage */
+        /**
+         * AuditPage
+         * @description A page of audit events, newest first.
+         */
         AuditPage: {
             /** Items */
             items: components["schemas"]["AuditEventOut"][];
-            /** Next */
+            /**
+             * Next
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
             next?: string | null;
         };
         /**
@@ -1319,11 +1325,17 @@ export interface components {
              */
             user_id: string;
         };
-        /** BreakGlassPage */
+        /**
+         * BreakGlassPage
+         * @description A page of break-glass grants, newest first.
+         */
         BreakGlassPage: {
             /** Items */
             items: components["schemas"]["BreakGlassGrantOut"][];
-            /** Next */
+            /**
+             * Next
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
             next?: string | null;
         };
         /** BreakGlassRequest */
@@ -1367,11 +1379,17 @@ export interface components {
              */
             user_id: string;
         };
-        /** CareTeamPage */
+        /**
+         * CareTeamPage
+         * @description A page of care-team links, newest first.
+         */
         CareTeamPage: {
             /** Items */
             items: components["schemas"]["CareTeamLinkOut"][];
-            /** Next */
+            /**
+             * Next
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
             next?: string | null;
         };
         /**
@@ -1600,8 +1618,14 @@ export interface components {
             /** Items */
             items: components["schemas"]["LetterSummary"][];
             /**
+             * Next
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
+            next?: string | null;
+            /**
              * Next Cursor
-             * @description Pass as `cursor` for the next page.
+             * @deprecated
+             * @description Deprecated: the same as `next`; removed in the next release.
              */
             next_cursor?: string | null;
         };
@@ -1856,7 +1880,7 @@ export interface components {
             items: components["schemas"]["PatientSummary"][];
             /**
              * Next
-             * @description Opaque cursor of the next page, if any.
+             * @description Pass as `cursor` for the next page; null on the last page.
              */
             next?: string | null;
             /**
@@ -2231,15 +2255,34 @@ export interface components {
             temporary_password?: string | null;
             user: components["schemas"]["UserPublic"];
         };
-        /** UserPage */
+        /**
+         * UserPage
+         * @description A page of accounts, ordered by username.
+         */
         UserPage: {
             /** Items */
             items: components["schemas"]["UserPublic"][];
-            /** Limit */
+            /**
+             * Limit
+             * @deprecated
+             * @description Deprecated: the page size you asked for.
+             */
             limit: number;
-            /** Offset */
+            /**
+             * Next
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
+            next?: string | null;
+            /**
+             * Offset
+             * @deprecated
+             * @description Deprecated: page with `cursor`/`next` instead.
+             */
             offset: number;
-            /** Total */
+            /**
+             * Total
+             * @description Accounts matching the filters, in all.
+             */
             total: number;
         };
         /**
@@ -2662,7 +2705,13 @@ export interface operations {
                 role?: components["schemas"]["Role"] | null;
                 active?: boolean | null;
                 limit?: number;
-                offset?: number;
+                /** @description From `next`. */
+                cursor?: string | null;
+                /**
+                 * @deprecated
+                 * @description Deprecated: use `cursor`.
+                 */
+                offset?: number | null;
             };
             header?: never;
             path?: never;
@@ -5303,8 +5352,15 @@ export interface operations {
                 gender?: ("male" | "female" | "other" | "unknown") | null;
                 /** @description system|value */
                 identifier?: string | null;
-                count?: number;
+                /** @description Page size (default 20). */
+                limit?: number | null;
+                /** @description From `next`. */
                 cursor?: string | null;
+                /**
+                 * @deprecated
+                 * @description Deprecated name of `limit`.
+                 */
+                count?: number | null;
             };
             header?: never;
             path?: never;
@@ -5865,7 +5921,7 @@ export interface operations {
     list_letters_patients__patient_id__letters_get: {
         parameters: {
             query?: {
-                /** @description From `next_cursor`. */
+                /** @description From `next`. */
                 cursor?: string | null;
                 limit?: number;
             };

@@ -324,7 +324,7 @@ function homePage(): void {
       showPage(
         await gateway.searchPatients({
           family: valueOf(search, "family"),
-          count: Number(valueOf(search, "count")),
+          limit: Number(valueOf(search, "count")),
         }),
         1,
       ),
@@ -408,8 +408,8 @@ async function patientPage(patientId: string): Promise<void> {
         );
       }
       more.replaceChildren(
-        page.next_cursor
-          ? button("Older letters", () => void attempt(slot, () => loadLetters(page.next_cursor as string)))
+        page.next
+          ? button("Older letters", () => void attempt(slot, () => loadLetters(page.next as string)))
           : "",
       );
     };
