@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from gateway.api.http_headers import version_headers
 from gateway.deps import AuditDep
 from gateway.errors import problem_responses
-from gateway.openehr.aql import LetterSummary as SummaryRow
+from gateway.openehr.aql import LetterRow
 from gateway.schemas.letters import Author, LetterAmend, LetterOut, LetterPage, LetterSummary, LetterWrite
 from gateway.security.access import PatientAccess, patient_access
 from gateway.security.principal import Permission
@@ -75,7 +75,7 @@ def _with_headers(
     return {status_code: {"headers": headers}, **responses}
 
 
-def _summary(row: SummaryRow) -> LetterSummary:
+def _summary(row: LetterRow) -> LetterSummary:
     return LetterSummary(
         id=row.uid.split("::", 1)[0],
         version_uid=row.uid,

@@ -52,7 +52,7 @@ LIST_LETTER_DOCUMENTS_BETWEEN = (
 
 
 @dataclass(frozen=True, slots=True)
-class LetterSummary:
+class LetterRow:
     """One row of :data:`LIST_LETTERS`."""
 
     uid: str
@@ -113,7 +113,7 @@ def list_documents_request(
     return aql_request(LIST_LETTER_DOCUMENTS_BETWEEN, parameters, offset=offset, fetch=fetch)
 
 
-def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
+def parse_summaries(result_set: dict[str, Any]) -> list[LetterRow]:
     """Letter summaries from an AQL result set, matched to columns by name (not position).
 
     Raises:
@@ -129,7 +129,7 @@ def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
     except ValueError:
         raise ResultSetError("result set lacks a summary column") from None
     body_index = names.index("body") if "body" in names else None
-    summaries: list[LetterSummary] = []
+    summaries: list[LetterRow] = []
     for row in rows:
         if not isinstance(row, list) or len(row) < len(names):
             raise ResultSetError("malformed row")
@@ -139,7 +139,7 @@ def parse_summaries(result_set: dict[str, Any]) -> list[LetterSummary]:
         author_id = row[index["author_id"]]
         body = row[body_index] if body_index is not None else None
         summaries.append(
-            LetterSummary(
+            LetterRow(
                 uid=uid,
                 title=str(row[index["title"]] or ""),
                 status=str(row[index["status"]] or ""),

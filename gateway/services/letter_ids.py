@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 
-from gateway.errors import PreconditionFailed, PreconditionRequired, UnprocessableEntity, UpstreamIssue
-from gateway.upstream.ehrbase import strip_etag
+from gateway.errors import PreconditionFailed, UnprocessableEntity, UpstreamIssue
+from gateway.services.if_match import parse_if_match
 
 UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 LETTER_ID_RE = re.compile(
     rf"^(?P<uuid>{UUID_RE})(?:::(?P<system>[A-Za-z0-9._\-]{{1,200}})::(?P<version>[1-9][0-9]{{0,8}}))?$"
 )
-VERSION_UID_RE = re.compile(rf"^{UUID_RE}::[A-Za-z0-9._\-]{{1,200}}::[1-9][0-9]{{0,8}}$")
+VERSION_UID_RE = re.compile(rf"{UUID_RE}::[A-Za-z0-9._\-]{{1,200}}::[1-9][0-9]{{0,8}}")
 
 
 def parse_letter_id(letter_id: str) -> tuple[str, str | None]:
@@ -38,18 +38,12 @@ def if_match_version(value: str | None) -> str:
     """The version uid in an ``If-Match`` header (quotes and ``W/`` removed).
 
     Raises:
-        PreconditionRequired: the header is missing.
-        UnprocessableEntity: it is not a version uid.
+        PreconditionRequired: the header is missing (428 ``if_match_required``).
+        UnprocessableEntity: it is not a version uid (422 ``invalid_if_match``).
     """
-    version = strip_etag(value)
-    if version is None:
-        raise PreconditionRequired("Send If-Match with the letter's current ETag (its version uid).")
-    if not VERSION_UID_RE.match(version):
-        raise UnprocessableEntity(
-            "If-Match must be the letter's ETag, a version uid '<uuid>::<system id>::<version>'.",
-            code="invalid_if_match",
-        )
-    return version
+    return parse_if_match(
+        value, version=VERSION_UID_RE, what="the letter", example='"<uuid>::<system id>::<version>"'
+    )
 
 
 def stale_version(

@@ -60,7 +60,7 @@ class StoredLetter:
 
 @dataclass(frozen=True, slots=True)
 class LetterPageResult:
-    summaries: list[aql.LetterSummary]
+    summaries: list[aql.LetterRow]
     next_cursor: str | None
 
 

@@ -21,13 +21,14 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.errors import FieldError, PreconditionRequired, UnprocessableEntity
+from gateway.errors import FieldError, UnprocessableEntity
 from gateway.schemas.patients import HumanName, Identifier, PatientSummary
+from gateway.services.if_match import parse_if_match
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _DATE_RE = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?\d{4}(-\d{2}(-\d{2})?)?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_ETAG_RE = re.compile(r'^(?:W/)?"?([A-Za-z0-9\-\.]{1,64})"?$')
+_VERSION_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 #: The in-process locks (SQLite), by identifier digest. Weak values: a lock lives only while a
 #: registration holds or awaits it, so the mapping never outgrows the registrations in flight.
 _local_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -196,17 +197,10 @@ async def registration_lock(session: AsyncSession, identifier: str) -> AsyncIter
 
 
 def version_from_if_match(value: str | None) -> str:
-    """The version id in an ``If-Match`` header (``W/"3"``, ``"3"`` or ``3``).
+    """The FHIR version id in an ``If-Match`` header (``W/"3"``, ``"3"`` or ``3``).
 
     Raises:
         PreconditionRequired: the header is missing (428 ``if_match_required``).
-        UnprocessableEntity: it is malformed.
+        UnprocessableEntity: it is malformed (422 ``invalid_if_match``).
     """
-    if value is None:
-        raise PreconditionRequired(
-            "Send If-Match with the ETag from your last read, so a concurrent change is not overwritten."
-        )
-    match = _ETAG_RE.fullmatch(value.strip())
-    if not match:
-        raise UnprocessableEntity('If-Match must be an ETag such as W/"3".', code="invalid_if_match")
-    return match.group(1)
+    return parse_if_match(value, version=_VERSION_RE, what="the patient", example='W/"3"')
