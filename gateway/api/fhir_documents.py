@@ -8,6 +8,8 @@ as the JSON API), the work by :class:`gateway.services.documents.DocumentService
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
@@ -127,19 +129,38 @@ async def search_documents(
     return fhir_response(bundle)
 
 
-async def _open(
-    request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
-    documents: DocumentService,
-    document_id: str,
-    action: str,
-) -> tuple[PatientAccess, LetterAddress]:
-    params.check_format(request.query_params.get("_format"))
-    check_permission(principal, Permission.letter_read)
-    patient_id, address = await documents.locate(document_id)
-    access = await authorize_patient(request, principal, audit, patient_id, Permission.letter_read, action)
-    return access, address
+@dataclass(frozen=True, slots=True)
+class OpenedLetter:
+    """A DocumentReference id resolved to its letter, with the access decision that allows reading it."""
+
+    access: PatientAccess
+    address: LetterAddress
+
+
+def _opened(action: str) -> Callable[..., Awaitable[OpenedLetter]]:
+    """A dependency resolving ``{document_id}`` and checking the caller may read it (audit: ``action``)."""
+
+    async def dependency(
+        request: Request,
+        principal: CurrentPrincipal,
+        audit: AuditDep,
+        documents: Documents,
+        document_id: DocumentId,
+    ) -> OpenedLetter:
+        params.check_format(request.query_params.get("_format"))
+        check_permission(principal, Permission.letter_read)
+        patient_id, address = await documents.locate(document_id)
+        access = await authorize_patient(
+            request, principal, audit, patient_id, Permission.letter_read, action
+        )
+        return OpenedLetter(access, address)
+
+    dependency.__name__ = f"opened_{action.replace('.', '_')}"
+    return dependency
+
+
+ReadLetter = Annotated[OpenedLetter, Depends(_opened("letter.read"))]
+LetterHistory = Annotated[OpenedLetter, Depends(_opened("letter.history"))]
 
 
 def _document_response(documents: DocumentService, version: LetterVersion) -> Response:
@@ -152,16 +173,9 @@ def _document_response(documents: DocumentService, version: LetterVersion) -> Re
     responses=FHIR_RESPONSE,
     response_class=Response,
 )
-async def read_document(
-    request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
-    documents: Documents,
-    document_id: DocumentId,
-) -> Response:
+async def read_document(letter: ReadLetter, documents: Documents) -> Response:
     """The letter's latest version as a DocumentReference."""
-    access, address = await _open(request, principal, audit, documents, document_id, "letter.read")
-    return _document_response(documents, await documents.read(access, address))
+    return _document_response(documents, await documents.read(letter.access, letter.address))
 
 
 @router.get(
@@ -170,17 +184,9 @@ async def read_document(
     responses=FHIR_RESPONSE,
     response_class=Response,
 )
-async def vread_document(
-    request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
-    documents: Documents,
-    document_id: DocumentId,
-    version_id: VersionId,
-) -> Response:
+async def vread_document(letter: ReadLetter, documents: Documents, version_id: VersionId) -> Response:
     """One version (``status`` superseded unless it is the latest)."""
-    access, address = await _open(request, principal, audit, documents, document_id, "letter.read")
-    return _document_response(documents, await documents.read(access, address, version_id))
+    return _document_response(documents, await documents.read(letter.access, letter.address, version_id))
 
 
 @router.get(
@@ -190,16 +196,10 @@ async def vread_document(
     response_class=Response,
 )
 async def document_history(
-    request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
-    documents: Documents,
-    document_id: DocumentId,
-    settings: SettingsDep,
+    letter: LetterHistory, documents: Documents, document_id: DocumentId, settings: SettingsDep
 ) -> Response:
     """A ``history`` Bundle of the letter's versions, newest first."""
-    access, address = await _open(request, principal, audit, documents, document_id, "letter.history")
-    versions = await documents.history(access, address)
+    versions = await documents.history(letter.access, letter.address)
     base = fhir_base(settings)
     entries = []
     for version in versions:
@@ -230,13 +230,10 @@ async def document_history(
 
 
 # --- Binary ---------------------------------------------------------------------------------------
-async def _binary(
-    request: Request, version: LetterVersion, accept: str | None, settings: Settings
-) -> Response:
+def _binary(request: Request, version: LetterVersion, accept: str | None, settings: Settings) -> Response:
     text = (version.body or "").encode()
     headers = version_headers(version.version, weak=True)
     if (accept and FHIR_JSON in accept) or request.query_params.get("_format") is not None:
-        params.check_format(request.query_params.get("_format"))
         body = {
             "resourceType": "Binary",
             "id": version.document_id,
@@ -255,16 +252,13 @@ async def _binary(
 )
 async def read_binary(
     request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
+    letter: ReadLetter,
     documents: Documents,
-    document_id: DocumentId,
     settings: SettingsDep,
     accept: FormatHeader = None,
 ) -> Response:
     """The letter's text (``text/plain``), or a ``Binary`` resource when FHIR JSON is asked for."""
-    access, address = await _open(request, principal, audit, documents, document_id, "letter.read")
-    return await _binary(request, await documents.read(access, address), accept, settings)
+    return _binary(request, await documents.read(letter.access, letter.address), accept, settings)
 
 
 @router.get(
@@ -275,14 +269,12 @@ async def read_binary(
 )
 async def vread_binary(
     request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
+    letter: ReadLetter,
     documents: Documents,
-    document_id: DocumentId,
     version_id: VersionId,
     settings: SettingsDep,
     accept: FormatHeader = None,
 ) -> Response:
     """The text of one version of a letter."""
-    access, address = await _open(request, principal, audit, documents, document_id, "letter.read")
-    return await _binary(request, await documents.read(access, address, version_id), accept, settings)
+    version = await documents.read(letter.access, letter.address, version_id)
+    return _binary(request, version, accept, settings)

@@ -39,6 +39,7 @@ from gateway.r4.documents import LetterVersion, document_reference
 from gateway.r4.ids import DocumentIds, LetterAddress
 from gateway.security.access import PatientAccess
 from gateway.services import ehr as ehr_service
+from gateway.services.letter_audit import LetterAudit
 from gateway.settings import Settings
 from gateway.upstream.ehrbase import EhrbaseClient
 
@@ -94,7 +95,7 @@ class DocumentService:
         self.settings = settings
         self.factory = factory
         self.ehrbase = ehrbase
-        self.audit = audit
+        self.events = LetterAudit(audit, via="fhir")
         self.ids = ids
         self.cache = cache
         self.fhir_base = f"{settings.public_base}/fhir"
@@ -172,38 +173,6 @@ class DocumentService:
             result[index] = replace(result[index], amended=flag)
         return result
 
-    # --- audit ----------------------------------------------------------------------------------
-    async def _record(
-        self,
-        access: PatientAccess,
-        action: str,
-        outcome: Outcome,
-        *,
-        ehr_id: str | None,
-        resource_ids: list[str],
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        await self.audit.record(
-            action=action,
-            outcome=outcome,
-            actor=access.actor,
-            target_type="letter",
-            target_id=resource_ids[0] if resource_ids else None,
-            patient_id=access.patient_id,
-            ehr_id=ehr_id,
-            resource_ids=resource_ids,
-            break_glass=access.break_glass,
-            details={"via": "fhir", **(details or {})},
-        )
-
-    async def _failed(
-        self, access: PatientAccess, action: str, error: ApiError, *, ehr_id: str | None, ids: list[str]
-    ) -> None:
-        outcome = Outcome.error if error.status >= 500 else Outcome.failure
-        await self._record(
-            access, action, outcome, ehr_id=ehr_id, resource_ids=ids, details={"code": error.code}
-        )
-
     # --- search ---------------------------------------------------------------------------------
     async def search(
         self, access: PatientAccess, query: DocumentQuery, *, offset: int
@@ -214,7 +183,7 @@ class DocumentService:
             The resources, and whether there are more.
         """
         if query.matches_nothing:
-            await self._record(access, "letter.list", Outcome.success, ehr_id=None, resource_ids=[])
+            await self.events.record(access, "letter.list", Outcome.success, ehr_id=None, resource_ids=[])
             return [], False
         ehr_id: str | None = access.ehr_id
         try:
@@ -226,7 +195,7 @@ class DocumentService:
                     namespace=self.settings.ehrbase_subject_namespace,
                 )
             if ehr_id is None:
-                await self._record(access, "letter.list", Outcome.success, ehr_id=None, resource_ids=[])
+                await self.events.record(access, "letter.list", Outcome.success, ehr_id=None, resource_ids=[])
                 return [], False
             result = await self.ehrbase.query(
                 aql.list_documents_request(
@@ -241,10 +210,10 @@ class DocumentService:
             rows = aql.parse_summaries(result)
         except aql.ResultSetError:
             error = UpstreamError("EHRbase sent an unexpected result set.")
-            await self._failed(access, "letter.list", error, ehr_id=ehr_id, ids=[])
+            await self.events.failed(access, "letter.list", error, ehr_id=ehr_id, resource_ids=[])
             raise error from None
         except ApiError as error:
-            await self._failed(access, "letter.list", error, ehr_id=ehr_id, ids=[])
+            await self.events.failed(access, "letter.list", error, ehr_id=ehr_id, resource_ids=[])
             raise
         page = rows[: query.count]
         addresses = [LetterAddress(ehr_id, row.uid.split("::", 1)[0]) for row in page]
@@ -266,10 +235,10 @@ class DocumentService:
         try:
             versions = await self._with_amended(versions, addresses)
         except ApiError as error:
-            await self._failed(access, "letter.list", error, ehr_id=ehr_id, ids=[])
+            await self.events.failed(access, "letter.list", error, ehr_id=ehr_id, resource_ids=[])
             raise
         resources = [self.resource(version) for version in versions]
-        await self._record(
+        await self.events.record(
             access, "letter.list", Outcome.success, ehr_id=ehr_id, resource_ids=[row.uid for row in page]
         )
         return resources, len(rows) > query.count
@@ -301,11 +270,11 @@ class DocumentService:
                 [self._version(access, address, letter, latest=letter is latest)], [address]
             )
         except ApiError as error:
-            await self._failed(
-                access, "letter.read", error, ehr_id=address.ehr_id, ids=[address.composition_id]
+            await self.events.failed(
+                access, "letter.read", error, ehr_id=address.ehr_id, resource_ids=[address.composition_id]
             )
             raise
-        await self._record(
+        await self.events.record(
             access, "letter.read", Outcome.success, ehr_id=address.ehr_id, resource_ids=[letter.uid]
         )
         return found
@@ -322,11 +291,11 @@ class DocumentService:
             )
             letters = [latest, *earlier]
         except ApiError as error:
-            await self._failed(
-                access, "letter.history", error, ehr_id=address.ehr_id, ids=[address.composition_id]
+            await self.events.failed(
+                access, "letter.history", error, ehr_id=address.ehr_id, resource_ids=[address.composition_id]
             )
             raise
-        await self._record(
+        await self.events.record(
             access,
             "letter.history",
             Outcome.success,

@@ -39,6 +39,7 @@ from gateway.security.access import PatientAccess
 from gateway.services import ehr as ehr_service
 from gateway.services import idempotency
 from gateway.services.ehr import PatientReader
+from gateway.services.letter_audit import LetterAudit
 from gateway.services.letter_cursor import CursorCodec
 from gateway.services.letter_ids import if_match_version, parse_letter_id, stale_version
 from gateway.settings import Settings
@@ -80,39 +81,10 @@ class LetterService:
         self.factory = factory
         self.ehrbase = ehrbase
         self.fhir = fhir
-        self.audit = audit
+        self.events = LetterAudit(audit)
         self.cursors = CursorCodec(settings)
 
     # --- helpers --------------------------------------------------------------------------------
-    async def _record(
-        self,
-        access: PatientAccess,
-        action: str,
-        outcome: Outcome,
-        *,
-        ehr_id: str | None = None,
-        resource_ids: list[str] | None = None,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        await self.audit.record(
-            action=action,
-            outcome=outcome,
-            actor=access.actor,
-            target_type="letter",
-            target_id=resource_ids[0] if resource_ids else None,
-            patient_id=access.patient_id,
-            ehr_id=ehr_id,
-            resource_ids=resource_ids,
-            reason=reason,
-            break_glass=access.break_glass,
-            details=details,
-        )
-
-    async def _failed(self, access: PatientAccess, action: str, error: ApiError, **kwargs: Any) -> None:
-        outcome = Outcome.error if error.status >= 500 else Outcome.failure
-        await self._record(access, action, outcome, details={"code": error.code}, **kwargs)
-
     async def _ehr_id(self, access: PatientAccess) -> str | None:
         if access.ehr_id is not None:  # read along with the authorisation check
             return access.ehr_id
@@ -162,7 +134,7 @@ class LetterService:
             )
             if claim.replay is not None:
                 stored = await self._read(str(claim.replay["ehr_id"]), str(claim.replay["version_uid"]))
-                await self._record(
+                await self.events.record(
                     access,
                     "letter.create",
                     Outcome.success,
@@ -185,7 +157,7 @@ class LetterService:
         except ApiError as error:
             if claim is not None:
                 await idempotency.release(self.factory, claim)
-            await self._failed(access, "letter.create", error, ehr_id=ehr_id)
+            await self.events.failed(access, "letter.create", error, ehr_id=ehr_id)
             raise
         except Exception:
             if claim is not None:
@@ -194,7 +166,7 @@ class LetterService:
         if claim is not None:
             ref = {"ehr_id": ehr_id, "letter_id": stored.letter_id, "version_uid": stored.version_uid}
             await idempotency.complete(self.factory, claim, status=201, ref=ref)
-        await self._record(
+        await self.events.record(
             access, "letter.create", Outcome.success, ehr_id=ehr_id, resource_ids=[stored.version_uid]
         )
         return stored, False
@@ -241,7 +213,7 @@ class LetterService:
         try:
             ehr_id = await self._ehr_id(access)
             if ehr_id is None:
-                await self._record(access, "letter.list", Outcome.success, resource_ids=[])
+                await self.events.record(access, "letter.list", Outcome.success, resource_ids=[])
                 return LetterPageResult([], None)
             result = await self.ehrbase.query(
                 aql.list_letters_request(
@@ -254,10 +226,10 @@ class LetterService:
             summaries = aql.parse_summaries(result)
         except aql.ResultSetError:
             error = UpstreamError("EHRbase sent an unexpected result set.")
-            await self._failed(access, "letter.list", error, ehr_id=ehr_id)
+            await self.events.failed(access, "letter.list", error, ehr_id=ehr_id)
             raise error from None
         except ApiError as error:
-            await self._failed(access, "letter.list", error, ehr_id=ehr_id)
+            await self.events.failed(access, "letter.list", error, ehr_id=ehr_id)
             raise
         page = summaries[:limit]
         next_cursor = (
@@ -265,7 +237,7 @@ class LetterService:
             if len(summaries) > limit
             else None
         )
-        await self._record(
+        await self.events.record(
             access, "letter.list", Outcome.success, ehr_id=ehr_id, resource_ids=[s.uid for s in page]
         )
         return LetterPageResult(page, next_cursor)
@@ -280,9 +252,9 @@ class LetterService:
                 raise NotFound("No such letter for this patient.", code="letter_not_found")
             stored = await self._read(ehr_id, version_uid or object_id)
         except ApiError as error:
-            await self._failed(access, "letter.read", error, ehr_id=ehr_id, resource_ids=[letter_id])
+            await self.events.failed(access, "letter.read", error, ehr_id=ehr_id, resource_ids=[letter_id])
             raise
-        await self._record(
+        await self.events.record(
             access, "letter.read", Outcome.success, ehr_id=ehr_id, resource_ids=[stored.version_uid]
         )
         return stored
@@ -331,12 +303,12 @@ class LetterService:
                 error = stale_version(
                     current_version=error.current_version, upstream_issues=error.upstream_issues
                 )
-            await self._failed(
+            await self.events.failed(
                 access, "letter.amend", error, ehr_id=ehr_id, resource_ids=[expected], reason=reason
             )
             raise error from None
         except ApiError as error:
-            await self._failed(
+            await self.events.failed(
                 access, "letter.amend", error, ehr_id=ehr_id, resource_ids=[expected], reason=reason
             )
             raise
@@ -345,7 +317,7 @@ class LetterService:
             if written.body is not None
             else (await self._read(current.ehr_id, written.version_uid)).letter
         )
-        await self._record(
+        await self.events.record(
             access,
             "letter.amend",
             Outcome.success,
@@ -372,9 +344,11 @@ class LetterService:
             except Conflict as stale:  # EHRbase answers a stale delete with 409
                 raise stale_version(upstream_issues=stale.upstream_issues) from None
         except ApiError as error:
-            await self._failed(access, "letter.delete", error, ehr_id=ehr_id, resource_ids=[expected])
+            await self.events.failed(access, "letter.delete", error, ehr_id=ehr_id, resource_ids=[expected])
             raise
-        await self._record(access, "letter.delete", Outcome.success, ehr_id=ehr_id, resource_ids=[expected])
+        await self.events.record(
+            access, "letter.delete", Outcome.success, ehr_id=ehr_id, resource_ids=[expected]
+        )
 
 
 def _content_fingerprint(content: LetterContent) -> dict[str, Any]:
