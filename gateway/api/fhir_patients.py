@@ -134,14 +134,6 @@ async def read_patient(
     access = await authorize_patient(
         request, principal, audit, patient_id, Permission.patient_read, "patient.read"
     )
-    resource = await fhir.read_patient_raw(access.patient_id)
-    await audit.record(
-        action="patient.read",
-        outcome=Outcome.success,
-        actor=access.actor,
-        patient_id=access.patient_id,
-        break_glass=access.break_glass,
-        details={"version": resource.version_id, "via": "fhir"},
-    )
+    resource = await patient_rules.read_patient_audited(fhir, audit, access, via="fhir")
     headers = version_headers(resource.version_id, weak=True, last_modified=resource.last_modified)
     return Response(resource.content, media_type=FHIR_JSON, headers=headers)

@@ -105,15 +105,7 @@ async def search_patients(
 )
 async def read_patient(access: Reader, fhir: FhirDep, audit: AuditDep) -> Response:
     """The Patient exactly as HAPI FHIR sent it (checked to be this Patient, not re-serialised)."""
-    resource = await fhir.read_patient_raw(access.patient_id)
-    await audit.record(
-        action="patient.read",
-        outcome=Outcome.success,
-        actor=access.actor,
-        patient_id=access.patient_id,
-        break_glass=access.break_glass,
-        details={"version": resource.version_id},
-    )
+    resource = await service.read_patient_audited(fhir, audit, access)
     headers = version_headers(resource.version_id, weak=True, last_modified=resource.last_modified)
     return Response(resource.content, media_type="application/json", headers=headers)
 

@@ -114,38 +114,28 @@ def list_documents_request(
 
 
 def parse_summaries(result_set: dict[str, Any]) -> list[LetterRow]:
-    """Letter summaries from an AQL result set, matched to columns by name (not position).
+    """Letter rows from an AQL result set, matched to columns by name (not position); ``body`` if selected.
 
     Raises:
         ResultSetError: a column is missing or a row is malformed.
     """
     columns = result_set.get("columns")
-    rows = result_set.get("rows")
-    if not isinstance(columns, list) or not isinstance(rows, list):
-        raise ResultSetError("result set without columns/rows")
-    names = [column.get("name") if isinstance(column, dict) else None for column in columns]
-    try:
-        index = {name: names.index(name) for name in SUMMARY_COLUMNS}
-    except ValueError:
-        raise ResultSetError("result set lacks a summary column") from None
-    body_index = names.index("body") if "body" in names else None
+    has_body = isinstance(columns, list) and any(
+        isinstance(column, dict) and column.get("name") == "body" for column in columns
+    )
     summaries: list[LetterRow] = []
-    for row in rows:
-        if not isinstance(row, list) or len(row) < len(names):
-            raise ResultSetError("malformed row")
-        uid = row[index["uid"]]
+    for row in named_rows(result_set, (*SUMMARY_COLUMNS, "body") if has_body else SUMMARY_COLUMNS):
+        uid, author_id, body = row["uid"], row["author_id"], row.get("body")
         if not isinstance(uid, str):
             raise ResultSetError("row without uid")
-        author_id = row[index["author_id"]]
-        body = row[body_index] if body_index is not None else None
         summaries.append(
             LetterRow(
                 uid=uid,
-                title=str(row[index["title"]] or ""),
-                status=str(row[index["status"]] or ""),
-                author=str(row[index["author"]] or ""),
+                title=str(row["title"] or ""),
+                status=str(row["status"] or ""),
+                author=str(row["author"] or ""),
                 author_id=str(author_id) if author_id is not None else None,
-                date=str(row[index["date"]] or ""),
+                date=str(row["date"] or ""),
                 body=str(body) if body is not None else None,
             )
         )

@@ -21,9 +21,12 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.audit import AuditLog, Outcome
 from gateway.errors import FieldError, UnprocessableEntity
 from gateway.schemas.patients import HumanName, Identifier, PatientSummary
+from gateway.security.access import PatientAccess
 from gateway.services.if_match import parse_if_match
+from gateway.upstream.fhir import FhirClient, RawResource
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _DATE_RE = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?\d{4}(-\d{2}(-\d{2})?)?$")
@@ -204,3 +207,26 @@ def version_from_if_match(value: str | None) -> str:
         UnprocessableEntity: it is malformed (422 ``invalid_if_match``).
     """
     return parse_if_match(value, version=_VERSION_RE, what="the patient", example='W/"3"')
+
+
+async def read_patient_audited(
+    fhir: FhirClient, audit: AuditLog, access: PatientAccess, *, via: str | None = None
+) -> RawResource:
+    """Read a Patient the caller was allowed to open, and record the read (``patient.read``).
+
+    Args:
+        via: where the read came from, kept in the record's details (``"fhir"`` for the FHIR face).
+    """
+    resource = await fhir.read_patient_raw(access.patient_id)
+    details: dict[str, Any] = {"version": resource.version_id}
+    if via is not None:
+        details["via"] = via
+    await audit.record(
+        action="patient.read",
+        outcome=Outcome.success,
+        actor=access.actor,
+        patient_id=access.patient_id,
+        break_glass=access.break_glass,
+        details=details,
+    )
+    return resource
