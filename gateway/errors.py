@@ -9,6 +9,7 @@ codes is documented in ``docs/api/errors.md``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -218,15 +219,46 @@ def problem_response(request: Request, error: ApiError) -> JSONResponse:
     )
 
 
-_HTTP_CODES = {
-    400: ("bad_request", "Bad request"),
-    401: ("not_authenticated", "Authentication required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not_found", "Not found"),
-    405: ("method_not_allowed", "Method not allowed"),
-    406: ("not_acceptable", "Not acceptable"),
-    413: ("payload_too_large", "Request body too large"),
-    415: ("unsupported_media_type", "Unsupported media type"),
+@dataclass(frozen=True, slots=True)
+class StatusText:
+    """What the gateway says about one HTTP error status, wherever it says it."""
+
+    code: str  #: the problem code of a bare HTTP error of this status (e.g. an unknown route's 404)
+    title: str  #: the problem's title
+    description: str  #: the OpenAPI response description
+    issue: str  #: the FHIR ``IssueType`` of the FHIR face's OperationOutcome
+
+
+#: The one table of error statuses: problem code and title, OpenAPI description, FHIR issue type.
+STATUSES: dict[int, StatusText] = {
+    400: StatusText("bad_request", "Bad request", "Bad request", "invalid"),
+    401: StatusText("not_authenticated", "Authentication required", "Not authenticated", "login"),
+    403: StatusText("forbidden", "Forbidden", "Forbidden", "forbidden"),
+    404: StatusText("not_found", "Not found", "Not found", "not-found"),
+    405: StatusText("method_not_allowed", "Method not allowed", "Method not allowed", "not-supported"),
+    406: StatusText("not_acceptable", "Not acceptable", "Not acceptable", "not-supported"),
+    409: StatusText("conflict", "Conflict", "Conflict", "conflict"),
+    410: StatusText("gone", "Gone", "Gone", "deleted"),
+    412: StatusText(
+        "precondition_failed", "Precondition failed", "Precondition failed (stale version)", "conflict"
+    ),
+    413: StatusText("payload_too_large", "Request body too large", "Body too large", "too-costly"),
+    415: StatusText(
+        "unsupported_media_type", "Unsupported media type", "Unsupported media type", "not-supported"
+    ),
+    422: StatusText("validation_error", "Invalid request", "Invalid input", "invalid"),
+    428: StatusText(
+        "if_match_required", "Precondition required", "Precondition required (If-Match missing)", "required"
+    ),
+    429: StatusText("too_many_requests", "Too many requests", "Too many requests", "throttled"),
+    500: StatusText("internal_error", "Internal error", "Internal error", "exception"),
+    502: StatusText(
+        "upstream_bad_response", "Upstream answered badly", "Upstream answered badly", "transient"
+    ),
+    503: StatusText(
+        "service_unavailable", "Service unavailable", "Upstream or auth database unavailable", "transient"
+    ),
+    504: StatusText("upstream_timeout", "Upstream timed out", "Upstream timed out", "timeout"),
 }
 
 
@@ -260,7 +292,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        known = STATUSES.get(exc.status_code)
+        code, title = (known.code, known.title) if known else ("http_error", "HTTP error")
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(exc.headers) if exc.headers else None
         error = ApiError(detail, code=code, status=exc.status_code, title=title, headers=headers)
@@ -304,19 +337,5 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _describe(status: int) -> str:
-    return {
-        400: "Bad request",
-        401: "Not authenticated",
-        403: "Forbidden",
-        404: "Not found",
-        409: "Conflict",
-        410: "Gone",
-        412: "Precondition failed (stale version)",
-        413: "Body too large",
-        422: "Invalid input",
-        428: "Precondition required (If-Match missing)",
-        429: "Too many requests",
-        502: "Upstream answered badly",
-        503: "Upstream or auth database unavailable",
-        504: "Upstream timed out",
-    }.get(status, "Error")
+    known = STATUSES.get(status)
+    return known.description if known else "Error"

@@ -14,31 +14,11 @@ from typing import Any
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydantic import BaseModel, Field
 
-from gateway.errors import ApiError
+from gateway.errors import STATUSES, ApiError
 
 FHIR_JSON = "application/fhir+json"
 #: The code system of the gateway's stable error codes (docs/api/errors.md).
 ERROR_CODE_SYSTEM = "urn:fhir-openehr-gateway:error-code"
-#: FHIR ``IssueType`` of each HTTP status the gateway answers with.
-ISSUE_TYPE = {
-    400: "invalid",
-    401: "login",
-    403: "forbidden",
-    404: "not-found",
-    405: "not-supported",
-    406: "not-supported",
-    409: "conflict",
-    410: "deleted",
-    412: "conflict",
-    413: "too-costly",
-    415: "not-supported",
-    422: "invalid",
-    428: "required",
-    429: "throttled",
-    502: "transient",
-    503: "transient",
-    504: "timeout",
-}
 
 
 class OutcomeCoding(BaseModel):
@@ -95,7 +75,8 @@ def outcome_of(error: ApiError, request_id: str | None) -> dict[str, Any]:
     diagnostics = error.detail or error.title
     if request_id:
         diagnostics = f"{diagnostics} (request id {request_id})"
-    issue_type = ISSUE_TYPE.get(error.status, "exception")
+    known = STATUSES.get(error.status)
+    issue_type = known.issue if known else "exception"
     severity = "fatal" if error.status == 500 else "error"
     issues: list[dict[str, Any]] = [
         {

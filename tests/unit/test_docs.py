@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CODE_PATTERNS = (
     re.compile(r"\bcode\s*=\s*\"([a-z][a-z0-9_]+)\""),  # raise X(..., code="...") and class attributes
     re.compile(r"\bstatus, code, title = \d+, \"([a-z][a-z0-9_]+)\""),  # error classes
-    re.compile(r"(?m)^\s*\d{3}: \(\"([a-z][a-z0-9_]+)\","),  # the HTTP status table in errors.py
+    re.compile(r"(?m)^\s*\d{3}: StatusText\(\"([a-z][a-z0-9_]+)\","),  # the status table in errors.py
     re.compile(r"\"code\": \"([a-z][a-z0-9_]+)\""),  # problem bodies written by hand (middleware)
 )
 #: FHIR codings, not API error codes (AuditEvent, CapabilityStatement interactions, an IssueType).
