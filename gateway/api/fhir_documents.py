@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
 from gateway.api.fhir import FHIR_RESPONSE, Prefer, fhir_base, fhir_response
 from gateway.api.http_headers import version_headers
+from gateway.audit import AuditLog
 from gateway.deps import AuditDep, SettingsDep
 from gateway.errors import BadRequest
 from gateway.r4 import search as params
@@ -47,6 +48,11 @@ _TEXT_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 async def get_documents(request: Request, audit: AuditDep) -> DocumentService:
     """The DocumentReference use-cases bound to this request."""
+    return documents_for(request, audit)
+
+
+def documents_for(request: Request, audit: AuditLog) -> DocumentService:
+    """The use-cases built from the app's state (the search builds them inline: fewer dependency nodes)."""
     state = request.app.state
     return DocumentService(
         settings=state.settings,
@@ -84,15 +90,12 @@ def _document_query(used: list[tuple[str, str]], count: int, base: str) -> Docum
 
 @router.get("/DocumentReference", summary="Search letters", responses=FHIR_RESPONSE, response_class=Response)
 async def search_documents(
-    request: Request,
-    principal: CurrentPrincipal,
-    audit: AuditDep,
-    documents: Documents,
-    settings: SettingsDep,
-    prefer: Prefer = None,
+    request: Request, principal: CurrentPrincipal, audit: AuditDep, prefer: Prefer = None
 ) -> Response:
     """One patient's letters as DocumentReferences (latest versions, newest first)."""
     check_permission(principal, Permission.letter_read)
+    settings: Settings = request.app.state.settings
+    documents = documents_for(request, audit)
     query = params.split_query(
         list(request.query_params.multi_items()),
         params.DOCUMENT_PARAMETERS,

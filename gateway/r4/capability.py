@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B.capabilitystatement import CapabilityStatement
-
 from gateway.r4.search import DOCUMENT_PARAMETERS, MAX_COUNT, PATIENT_PARAMETERS
 from gateway.security.principal import Permission
 
@@ -50,6 +48,8 @@ def _params(names: set[str]) -> list[dict[str, Any]]:
 
 def capability_statement(*, fhir_base: str, version: str, date: str) -> dict[str, Any]:
     """The CapabilityStatement JSON (validated by the fhir.resources model)."""
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
     statement = CapabilityStatement.model_validate(
         {
             "resourceType": "CapabilityStatement",

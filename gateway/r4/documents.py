@@ -20,19 +20,12 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fhir.resources.R4B.attachment import Attachment
-from fhir.resources.R4B.codeableconcept import CodeableConcept
-from fhir.resources.R4B.coding import Coding
-from fhir.resources.R4B.documentreference import (
-    DocumentReference,
-    DocumentReferenceContent,
-    DocumentReferenceContext,
-)
-from fhir.resources.R4B.identifier import Identifier
-from fhir.resources.R4B.meta import Meta
-from fhir.resources.R4B.period import Period
-from fhir.resources.R4B.reference import Reference
+if TYPE_CHECKING:  # the models are imported where a letter is mapped, not when the app starts (~9 MB)
+    from fhir.resources.R4B.attachment import Attachment
+    from fhir.resources.R4B.codeableconcept import CodeableConcept
+    from fhir.resources.R4B.documentreference import DocumentReference
 
 SNOMED = "http://snomed.info/sct"
 CLINICAL_LETTER = "823691000000103"
@@ -76,6 +69,9 @@ class LetterVersion:
 
 def letter_type() -> CodeableConcept:
     """``DocumentReference.type`` of every letter."""
+    from fhir.resources.R4B.codeableconcept import CodeableConcept
+    from fhir.resources.R4B.coding import Coding
+
     return CodeableConcept(
         coding=[Coding(system=SNOMED, code=CLINICAL_LETTER, display=CLINICAL_LETTER_DISPLAY)],
         text=CLINICAL_LETTER_DISPLAY,
@@ -89,6 +85,8 @@ def binary_url(fhir_base: str, letter: LetterVersion) -> str:
 
 
 def _attachment(letter: LetterVersion, *, fhir_base: str, inline_max_bytes: int) -> Attachment:
+    from fhir.resources.R4B.attachment import Attachment
+
     fields: dict[str, object] = {"contentType": TEXT_PLAIN, "title": letter.title, "creation": letter.date}
     data = letter.body.encode() if letter.body is not None else None
     if data is not None:
@@ -109,6 +107,16 @@ def document_reference(letter: LetterVersion, *, fhir_base: str, inline_max_byte
         fhir_base: the gateway's public FHIR base (``…/fhir``), for the ``Binary`` URL.
         inline_max_bytes: texts longer than this (UTF-8) are not inlined but linked.
     """
+    from fhir.resources.R4B.documentreference import (
+        DocumentReference,
+        DocumentReferenceContent,
+        DocumentReferenceContext,
+    )
+    from fhir.resources.R4B.identifier import Identifier
+    from fhir.resources.R4B.meta import Meta
+    from fhir.resources.R4B.period import Period
+    from fhir.resources.R4B.reference import Reference
+
     author = Reference(
         display=letter.author_name or None,
         identifier=Identifier(system=USER_ID_SYSTEM, value=letter.author_id) if letter.author_id else None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydantic import BaseModel, Field
 
 from gateway.errors import STATUSES, ApiError
@@ -72,6 +71,8 @@ def is_fhir_path(path: str) -> bool:
 
 def outcome_of(error: ApiError, request_id: str | None) -> dict[str, Any]:
     """The OperationOutcome JSON for ``error`` (validated by the fhir.resources model)."""
+    from fhir.resources.R4B.operationoutcome import OperationOutcome  # on the first error, not at start-up
+
     diagnostics = error.detail or error.title
     if request_id:
         diagnostics = f"{diagnostics} (request id {request_id})"

@@ -30,6 +30,7 @@ from auth_db.types import utcnow
 from gateway.audit import AuditLog, Outcome
 from gateway.deps import AuditDep, SessionFactoryDep, SettingsDep
 from gateway.errors import ApiError, AuthDatabaseUnavailable, Forbidden, NotAuthenticated
+from gateway.r4.search import patient_reference
 from gateway.security.authn import Authenticator, ClientInfo
 from gateway.security.authz import Authoriser
 from gateway.security.csrf import check_csrf, cookie_names
@@ -100,7 +101,7 @@ async def authenticated_principal(
     if method == "cookie":
         check_csrf(request, settings)
     patient_id = request.path_params.get("patient_id")
-    if patient_id is None and request.url.path == FHIR_DOCUMENT_SEARCH:
+    if patient_id is None and request.scope["path"] == FHIR_DOCUMENT_SEARCH:
         patient_id = _searched_patient(request, settings)
     if patient_id is not None and not FHIR_ID.fullmatch(patient_id):
         patient_id = None  # not a patient id at all: the route's own validation answers 422
@@ -129,8 +130,6 @@ FHIR_DOCUMENT_SEARCH = "/fhir/DocumentReference"
 
 def _searched_patient(request: Request, settings: Settings) -> str | None:
     """The patient a DocumentReference search names, so the one statement also answers for it."""
-    from gateway.r4.search import patient_reference
-
     value = request.query_params.get("patient") or request.query_params.get("subject")
     if value is None:
         return None

@@ -216,32 +216,26 @@ class DocumentService:
             await self.events.failed(access, "letter.list", error, ehr_id=ehr_id, resource_ids=[])
             raise
         page = rows[: query.count]
-        addresses = [LetterAddress(ehr_id, row.uid.split("::", 1)[0]) for row in page]
-        versions = [
-            LetterVersion(
-                document_id=self.ids.encode(address),
-                version_uid=row.uid,
-                patient_id=access.patient_id,
-                title=row.title,
-                status=row.status,
-                author_name=row.author,
-                author_id=row.author_id,
-                date=row.date,
-                body=row.body,
-                latest=True,
-            )
-            for row, address in zip(page, addresses, strict=True)
-        ]
-        try:
-            versions = await self._with_amended(versions, addresses)
-        except ApiError as error:
-            await self.events.failed(access, "letter.list", error, ehr_id=ehr_id, resource_ids=[])
-            raise
-        resources = [self.resource(version) for version in versions]
+        # A mapped version is taken from the cache as it is (its id sealed, its docStatus known).
+        resources: list[dict[str, Any] | None] = [self.cache.get((row.uid, True)) for row in page]
+        missing = [index for index, resource in enumerate(resources) if resource is None]
+        if missing:
+            addresses = [LetterAddress(ehr_id, page[i].uid.split("::", 1)[0]) for i in missing]
+            versions = [
+                _latest_version(page[i], self.ids.encode(address), access.patient_id)
+                for i, address in zip(missing, addresses, strict=True)
+            ]
+            try:
+                versions = await self._with_amended(versions, addresses)
+            except ApiError as error:
+                await self.events.failed(access, "letter.list", error, ehr_id=ehr_id, resource_ids=[])
+                raise
+            for index, version in zip(missing, versions, strict=True):
+                resources[index] = self.resource(version)
         await self.events.record(
             access, "letter.list", Outcome.success, ehr_id=ehr_id, resource_ids=[row.uid for row in page]
         )
-        return resources, len(rows) > query.count
+        return [resource for resource in resources if resource is not None], len(rows) > query.count
 
     # --- reads ----------------------------------------------------------------------------------
     async def _read(self, address: LetterAddress, uid: str) -> Letter:
@@ -308,3 +302,19 @@ class DocumentService:
             replace(version, amended=index + 1 < len(letters) and letters[index + 1].status == "final")
             for index, version in enumerate(versions)
         ]
+
+
+def _latest_version(row: aql.LetterRow, document_id: str, patient_id: str) -> LetterVersion:
+    """The current version of a letter, from its row of the search."""
+    return LetterVersion(
+        document_id=document_id,
+        version_uid=row.uid,
+        patient_id=patient_id,
+        title=row.title,
+        status=row.status,
+        author_name=row.author,
+        author_id=row.author_id,
+        date=row.date,
+        body=row.body,
+        latest=True,
+    )

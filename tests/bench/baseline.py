@@ -1,4 +1,4 @@
-"""The benchmark's ceiling: the thinnest FastAPI pass-through of the four routes the gateway workloads use.
+"""The benchmark's ceiling: the thinnest FastAPI pass-through of the five routes the gateway workloads use.
 
 Run by ``tests/bench/run.py`` under the same uvicorn settings as the gateway (``--factory``, one worker per
 core, ``--loop uvloop --http httptools``, no access log, log level warning)::
@@ -14,11 +14,26 @@ What it does, per request:
   letter's JSON (``title``, ``body``, ``status``) is parsed and put into a minimal composition (orjson), which
   is forwarded; the EHR id comes from a fixed in-memory map of the stub's two patients (404 for others);
 - ``GET /patients/{id}/letters?limit=…`` → stub ``POST /ehrbase/rest/openehr/v1/query/aql`` (a fixed AQL with
-  the EHR id as parameter, ``offset`` 0, ``fetch`` = limit).
+  the EHR id as parameter, ``offset`` 0, ``fetch`` = limit);
+- ``GET /fhir/DocumentReference?patient=…&_count=…`` → stub ``POST /ehrbase/rest/openehr/v1/query/aql`` with
+  the body the gateway sends: its own ``LIST_LETTER_DOCUMENTS`` (imported from ``gateway.openehr.aql``),
+  ``query_parameters`` ``ehr_id`` and ``template_id`` (the default ``LETTER_TEMPLATE_ID``), ``offset`` 0,
+  ``fetch`` = ``_count`` + 1. Unlike the other routes this one does not pass the upstream's bytes through:
+  the gateway answers a FHIR Bundle, so the yardstick must too. It parses the result set (orjson), finds the
+  seven columns by name, and turns each of the first ``_count`` rows into a plain ``dict`` with the same
+  elements the gateway's DocumentReference has (id, meta, masterIdentifier, identifier, status, docStatus
+  from the letter's status, type, subject, date, author, description, and the text inlined as base64
+  ``content.attachment.data`` with its size and SHA-1 hash, context.period), wraps them in a ``searchset``
+  Bundle (``self`` link, a ``next`` link when the extra row came back) and serialises it with orjson as
+  ``application/fhir+json``. What it leaves out of the gateway's work: the resource's id is the composition
+  id, not the gateway's sealed (AES-SIV) id; no fhir.resources model, no validation, no per-version cache,
+  no ``amended`` check; the EHR id comes from the same fixed map as the letters routes (no ``patient_ehr``
+  lookup); no search-parameter checks beyond FastAPI's query parsing (``patient`` required, ``_count`` 1 to
+  100), no signed paging cursor, no OperationOutcome errors.
 
-Each answer is the upstream's status, ``Content-Type`` and body bytes, unparsed. The upstream client is
-chosen by ``BASELINE_CLIENT``: ``httpx`` (default transport), ``httpx-aiohttp`` (httpx over
-``httpx_aiohttp.AiohttpTransport``), ``aiohttp`` or ``pyreqwest``; each is one pooled client per worker
+Each answer of the other routes is the upstream's status, ``Content-Type`` and body bytes, unparsed. The
+upstream client is chosen by ``BASELINE_CLIENT``: ``httpx`` (default transport), ``httpx-aiohttp`` (httpx
+over ``httpx_aiohttp.AiohttpTransport``), ``aiohttp`` or ``pyreqwest``; each is one pooled client per worker
 process created in the lifespan and closed on shutdown, with keep-alive, at most 100 connections (all of them
 kept alive — the gateway keeps 20), a 10 s timeout per call, and the body read in full before answering.
 
@@ -31,13 +46,16 @@ read once at startup, so run the bench's login first) and one ``INSERT`` of an a
 is called. No session row → 401.
 
 What it does not do: no authentication (no token is read or checked), no permission or care-team check, no
-request validation beyond FastAPI's path/query parsing, no response model or re-serialisation, no
-retries, circuit breaker, metrics, tracing, logging or middleware, no error mapping (an upstream failure
-is an unhandled 500), no ETag/Location handling. It is a yardstick, not a gateway.
+request validation beyond FastAPI's path/query parsing, no response model, no re-serialisation (but for
+the DocumentReference search's Bundle, above), no retries, circuit breaker, metrics, tracing, logging or
+middleware, no error mapping (an upstream failure is an unhandled 500), no ETag/Location handling. It is a
+yardstick, not a gateway.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -49,6 +67,7 @@ from urllib.parse import urlencode
 import orjson
 from fastapi import FastAPI, Query, Request, Response
 
+from gateway.openehr.aql import LIST_LETTER_DOCUMENTS
 from tests.bench import stub
 
 CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp", "pyreqwest")
@@ -65,6 +84,16 @@ INSERT_AUDIT = (
     "patient_id, break_glass) VALUES (now(), %s, %s, 'success', 'Patient', %s, %s, false)"
 )
 JSON = "application/json"
+FHIR_JSON = "application/fhir+json"
+#: The gateway's default ``LETTER_TEMPLATE_ID`` (what it puts in the document query's parameters).
+TEMPLATE_ID = "gateway.clinical_letter.v1"
+FHIR_BASE = "http://localhost:8000/fhir"
+DOCUMENT_COLUMNS = ("uid", "title", "status", "author", "author_id", "date", "body")
+LETTER_TYPE = {
+    "coding": [{"system": "http://snomed.info/sct", "code": "823691000000103", "display": "Clinical letter"}],
+    "text": "Clinical letter",
+}
+DOC_STATUS = {"draft": "preliminary", "final": "final"}
 
 
 class Upstream(Protocol):
@@ -206,6 +235,69 @@ class Floor:
         await self.pool.close()
 
 
+def document_dict(row: dict[str, Any], patient_id: str) -> dict[str, Any]:
+    """One result row as a DocumentReference-shaped ``dict`` (no model, no validation, no sealed id)."""
+    uid = row["uid"]
+    object_id, _, version = uid.partition("::")
+    version = version.rpartition("::")[2]
+    text = (row["body"] or "").encode()
+    author: dict[str, Any] = {"display": row["author"]}
+    if row["author_id"]:
+        author["identifier"] = {"system": "urn:fhir-openehr-gateway:user-id", "value": row["author_id"]}
+    return {
+        "resourceType": "DocumentReference",
+        "id": object_id,
+        "meta": {"versionId": version, "lastUpdated": row["date"]},
+        "masterIdentifier": {"system": "urn:fhir-openehr-gateway:openehr-version-uid", "value": uid},
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{object_id}"}],
+        "status": "current",
+        "docStatus": DOC_STATUS.get(row["status"], "final"),
+        "type": LETTER_TYPE,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": row["date"],
+        "author": [author],
+        "description": row["title"],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain",
+                    "data": base64.b64encode(text).decode(),
+                    "size": len(text),
+                    "hash": base64.b64encode(hashlib.sha1(text, usedforsecurity=False).digest()).decode(),
+                    "title": row["title"],
+                    "creation": row["date"],
+                }
+            }
+        ],
+        "context": {"period": {"start": row["date"]}},
+    }
+
+
+def document_bundle(result_set: dict[str, Any], patient_id: str, count: int) -> dict[str, Any]:
+    """A ``searchset`` Bundle of the first ``count`` rows of the document query's result set."""
+    names = [column["name"] for column in result_set["columns"]]
+    index = [names.index(name) for name in DOCUMENT_COLUMNS]
+    rows = [dict(zip(DOCUMENT_COLUMNS, (row[i] for i in index), strict=True)) for row in result_set["rows"]]
+    url = f"{FHIR_BASE}/DocumentReference?patient={patient_id}&_count={count}"
+    links = [{"relation": "self", "url": url}]
+    if len(rows) > count:
+        links.append({"relation": "next", "url": f"{url}&_offset={count}"})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    entries = []
+    for row in rows[:count]:
+        resource = document_dict(row, patient_id)
+        entries.append(
+            {
+                "fullUrl": f"{FHIR_BASE}/DocumentReference/{resource['id']}",
+                "resource": resource,
+                "search": {"mode": "match"},
+            }
+        )
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
 def problem(status: int, body: bytes) -> Response:
     """A fixed problem-details answer."""
     return Response(body, status_code=status, media_type="application/problem+json")
@@ -239,13 +331,14 @@ def create_app() -> FastAPI:
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
 
+    def unauthorized() -> Response:
+        return problem(401, b'{"title":"Unauthorized"}')
+
     async def forward(
         action: str, patient_id: str, method: str, url: str, body: bytes | None = None
     ) -> Response:
         if floor is not None and not await floor.check_and_audit(action, patient_id):
-            return Response(
-                b'{"title":"Unauthorized"}', status_code=401, media_type="application/problem+json"
-            )
+            return unauthorized()
         status, content_type, payload = await state["upstream"].send(method, url, body)
         return Response(payload, status_code=status, media_type=content_type)
 
@@ -289,5 +382,29 @@ def create_app() -> FastAPI:
             return not_found()
         query = {"q": AQL, "query_parameters": {"ehr_id": ehr_id}, "offset": 0, "fetch": limit}
         return await forward("letter.list", patient_id, "POST", f"{openehr}/query/aql", orjson.dumps(query))
+
+    @app.get("/fhir/DocumentReference")
+    async def search_documents(
+        patient: Annotated[str, Query(max_length=64)],
+        count: Annotated[int, Query(alias="_count", ge=1, le=100)] = 20,
+    ) -> Response:
+        ehr_id = EHR_OF_PATIENT.get(patient)
+        if ehr_id is None:
+            return not_found()
+        if floor is not None and not await floor.check_and_audit("letter.list", patient):
+            return unauthorized()
+        query = {
+            "q": LIST_LETTER_DOCUMENTS,
+            "query_parameters": {"ehr_id": ehr_id, "template_id": TEMPLATE_ID},
+            "offset": 0,
+            "fetch": count + 1,
+        }
+        status, content_type, payload = await state["upstream"].send(
+            "POST", f"{openehr}/query/aql", orjson.dumps(query)
+        )
+        if status != 200:
+            return Response(payload, status_code=status, media_type=content_type)
+        bundle = document_bundle(orjson.loads(payload), patient, count)
+        return Response(orjson.dumps(bundle), media_type=FHIR_JSON)
 
     return app

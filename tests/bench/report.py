@@ -242,16 +242,20 @@ def ceiling_ratios(results: list[dict[str, Any]], workload: str, concurrency: in
     }
 
 
-#: Targets of the paired ceiling measurement (``run.py``: gateway and bare alternating on the read at c=32).
+#: Targets of the paired ceiling measurement (``run.py``: gateway and bare alternating at c=32).
 PAIRED = ("gateway_paired", "bare_paired")
+#: The DocumentReference search's target: gateway rps ÷ bare rps at c=32, at least this.
+DOCUMENTS_SEARCH_RATIO = 0.5
 
 
-def paired_rounds(results: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Each round of the paired ceiling measurement: both servers' reads/s and CPU per read, and ratios."""
+def paired_rounds(results: list[dict[str, Any]], workload: str = "read") -> list[dict[str, float]]:
+    """Each round of the paired ceiling measurement of ``workload``: both servers' requests/s and CPU per
+    request, and ratios."""
+    rows = [row for row in results if row["target"] in PAIRED and row["workload"] == workload]
     rounds: list[dict[str, float]] = []
-    for number in sorted({row["round"] for row in results if row["target"] in PAIRED}):
+    for number in sorted({row["round"] for row in rows}):
         gateway_row, bare_row = (
-            next((r for r in results if r["target"] == target and r.get("round") == number), None)
+            next((r for r in rows if r["target"] == target and r.get("round") == number), None)
             for target in PAIRED
         )
         gateway, bare = served_rps(gateway_row), served_rps(bare_row)
@@ -273,25 +277,30 @@ def paired_rounds(results: list[dict[str, Any]]) -> list[dict[str, float]]:
     return rounds
 
 
-def paired_ceiling_ratio(results: list[dict[str, Any]]) -> float:
-    """The median of the paired rounds' ratios; NaN when the run made none (or none complete)."""
-    ratios = [r["ratio"] for r in paired_rounds(results) if not math.isnan(r["ratio"])]
+def paired_ceiling_ratio(results: list[dict[str, Any]], workload: str = "read") -> float:
+    """The median of ``workload``'s paired rounds' ratios; NaN when the run made none (or none complete)."""
+    ratios = [r["ratio"] for r in paired_rounds(results, workload) if not math.isnan(r["ratio"])]
     return statistics.median(ratios) if ratios else math.nan
 
 
-def ceiling_ratio(results: list[dict[str, Any]]) -> float:
-    """The run's ceiling ratio (reads at c=32): the paired median when measured, else the table's ratio.
+def workload_ratio(results: list[dict[str, Any]], workload: str) -> float:
+    """Gateway ÷ bare served rps of ``workload`` at c=32: the paired median when measured, else the table's.
 
     The table's gateway and bare points are measured minutes apart, so a change in the machine's other
     load between them moves the ratio; the paired rounds measure the two back to back, several times.
     """
-    paired = paired_ceiling_ratio(results)
-    return paired if not math.isnan(paired) else ceiling_ratios(results, "read", 32)["gw_bare"]
+    paired = paired_ceiling_ratio(results, workload)
+    return paired if not math.isnan(paired) else ceiling_ratios(results, workload, 32)["gw_bare"]
 
 
-def paired_table(results: list[dict[str, Any]]) -> list[str]:
-    """The paired rounds as a markdown table, with the medians; empty when there were none."""
-    rounds = paired_rounds(results)
+def ceiling_ratio(results: list[dict[str, Any]]) -> float:
+    """The run's ceiling ratio: :func:`workload_ratio` of the read."""
+    return workload_ratio(results, "read")
+
+
+def paired_table(results: list[dict[str, Any]], workload: str = "read") -> list[str]:
+    """``workload``'s paired rounds as a markdown table, with the medians; empty when there were none."""
+    rounds = paired_rounds(results, workload)
     if not rounds:
         return []
     lines = [
@@ -306,7 +315,8 @@ def paired_table(results: list[dict[str, Any]]) -> list[str]:
     ]
     cpu_ratios = [r["cpu_ratio"] for r in rounds if not math.isnan(r["cpu_ratio"])]
     cpu_median = statistics.median(cpu_ratios) if cpu_ratios else math.nan
-    lines.append(f"| median | | | {_fmt(paired_ceiling_ratio(results), 2)} | | | {_fmt(cpu_median, 2)} |")
+    median = paired_ceiling_ratio(results, workload)
+    lines.append(f"| median | | | {_fmt(median, 2)} | | | {_fmt(cpu_median, 2)} |")
     return lines
 
 
@@ -318,15 +328,17 @@ def summary_line(results: list[dict[str, Any]], rss_mb: list[float]) -> str:
     """The line tools read.
 
     ``added_p50_ms`` at c=1, ``added_p99_ms`` at c=32, ``rps`` = gateway served reads/s at c=32, the largest
-    worker RSS, and ``ceiling_ratio`` = gateway reads/s ÷ bare pass-through reads/s at c=32, same run
-    (the median of the paired rounds when the run made them, see :func:`ceiling_ratio`).
+    worker RSS, ``ceiling_ratio`` = gateway reads/s ÷ bare pass-through reads/s at c=32, same run
+    (the median of the paired rounds when the run made them, see :func:`ceiling_ratio`), and
+    ``documents_search_ratio``: the same for the DocumentReference search (:func:`workload_ratio`).
     """
     gateway = served_rps(find(results, "read", "gateway", 32))
     return (
         f"bench: read added_p50_ms={_fmt(added(results, 'read', 1)['added_p50_ms'], 1)} "
         f"added_p99_ms={_fmt(added(results, 'read', 32)['added_p99_ms'], 1)} "
         f"rps={_fmt(gateway, 0)} rss_mb={max(rss_mb, default=0):.0f} "
-        f"ceiling_ratio={_fmt(ceiling_ratio(results), 2)}"
+        f"ceiling_ratio={_fmt(ceiling_ratio(results), 2)} "
+        f"documents_search_ratio={_fmt(workload_ratio(results, 'documents_search'), 2)}"
     )
 
 
@@ -349,6 +361,12 @@ def target_lines(results: list[dict[str, Any]], rss_mb: list[float]) -> list[str
         ("rss_mb<=150", max(rss_mb) if rss_mb else math.nan, 0, False),
         ("reads_c128/reads_c32>=0.9", ratio(reads128, reads32), 2, True),
         ("read_p99_ms_c128<=1000", read128["p99_ms"] if read128 else math.nan, 1, False),
+        (
+            f"documents_search_ratio_c32>={DOCUMENTS_SEARCH_RATIO}",
+            workload_ratio(results, "documents_search"),
+            2,
+            True,
+        ),
     ]
     lines = []
     for name, figure, digits, higher in checks:
@@ -485,6 +503,15 @@ def markdown(results: list[dict[str, Any]], rss_mb: list[float], machine: dict[s
             "time during the point ÷ its answers: what one read costs each server, whatever else ran.",
             "",
             *paired,
+        ]
+    paired_documents = paired_table(results, "documents_search")
+    if paired_documents:
+        lines += [
+            "",
+            "Paired DocumentReference search (page of 10) at c=32, measured the same way; the median "
+            f"gw/bare is the run's documents_search_ratio (target ≥ {DOCUMENTS_SEARCH_RATIO}).",
+            "",
+            *paired_documents,
         ]
     open_loop = open_loop_table(results)
     if open_loop:

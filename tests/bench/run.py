@@ -3,15 +3,15 @@
 Starts a PostgreSQL auth database (``.ci/postgres.sh``), the stub upstreams (``tests/bench/stub.py``) and the
 gateway in production settings (uvicorn, one worker per core, uvloop, httptools), then drives each workload
 with ``wrk`` per concurrency level — directly against the stub and through the gateway; then the paired
-ceiling rounds (the read at c=32 through the gateway and the bare pass-through, alternating; their median
-ratio is the run's ``ceiling_ratio``). Then, one at a time
+ceiling rounds (the read and the DocumentReference search at c=32 through the gateway and the bare
+pass-through, alternating; the read's median ratio is the run's ``ceiling_ratio``). Then, one at a time
 on its own port and under the same uvicorn settings, the bare pass-through of ``tests/bench/baseline.py``:
 with aiohttp on every workload and concurrency (``bare``), the same with one SELECT and one INSERT per request
 on the gateway's database (``bare_db``), and with each other HTTP client on the read at c=1, 32 and 128 (the
 client comparison). Writes ``var/bench/results.json``, ``results.md`` and ``latency.png``, prints one line per
 target, and ends with one line:
 
-    bench: read added_p50_ms=… added_p99_ms=… rps=… rss_mb=… ceiling_ratio=…
+    bench: read added_p50_ms=… added_p99_ms=… rps=… rss_mb=… ceiling_ratio=… documents_search_ratio=…
 
 Everything listens on 127.0.0.1 and every run is bounded (``BENCH_SECONDS`` per point, default 3). The
 environment variables are listed in ``tests/bench/README.md``.
@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from gateway.openehr.aql import LIST_LETTER_DOCUMENTS
 from tests.bench import stub
+from tests.bench.baseline import TEMPLATE_ID
 from tests.bench.report import (
     CLIENTS,
     lua_script,
@@ -52,7 +54,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "var" / "bench"
-WORKLOADS = ("read", "search", "letter_create", "letters_list")
+WORKLOADS = ("read", "search", "letter_create", "letters_list", "documents_search")
+#: Workloads measured again in the paired rounds (gateway and bare alternating at c=32), when selected.
+PAIRED_WORKLOADS = ("read", "documents_search")
 BARE_CLIENT = "aiohttp"
 CLIENT_CONCURRENCY = (1, 32, 128)
 PASSWORD = "bench-password-correct-horse-battery"
@@ -75,7 +79,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 CONCURRENCY = _int_list(os.environ.get("BENCH_CONCURRENCY", "1,8,32,128"))
 ONLY = _name_list(os.environ.get("BENCH_ONLY", "")) or list(WORKLOADS)
 COMPARED_CLIENTS = _name_list(os.environ.get("BENCH_CLIENTS", " ".join(CLIENTS)))
-PROFILE = os.environ.get("BENCH_PROFILE", "") == "1"
+#: ``1``: profile the read (without it, the first selected workload); or the workloads to profile, by name.
+PROFILE = _name_list(os.environ.get("BENCH_PROFILE", ""))
 STUB_PORT = int(os.environ.get("BENCH_STUB_PORT", "18091"))
 GATEWAY_PORT = int(os.environ.get("BENCH_GATEWAY_PORT", "18090"))
 BASELINE_PORT = int(os.environ.get("BENCH_BASELINE_PORT", "18092"))
@@ -90,6 +95,13 @@ def workloads(token: str) -> list[dict[str, Any]]:
     st = f"http://127.0.0.1:{STUB_PORT}"
     auth = {"Authorization": f"Bearer {token}"}
     aql = {"q": "SELECT …", "query_parameters": {"ehr_id": stub.SMALL_EHR}, "offset": 0, "fetch": 10}
+    # what the gateway sends for a DocumentReference search of 10 (one row more: is there a next page?)
+    documents = {
+        "q": LIST_LETTER_DOCUMENTS,
+        "query_parameters": {"ehr_id": stub.SMALL_EHR, "template_id": TEMPLATE_ID},
+        "offset": 0,
+        "fetch": 11,
+    }
     return [
         {
             "name": "read",
@@ -115,6 +127,11 @@ def workloads(token: str) -> list[dict[str, Any]]:
             "name": "letters_list",
             "direct": ("POST", f"{st}/ehrbase/rest/openehr/v1/query/aql", aql, {}),
             "path": ("GET", f"/patients/{stub.SMALL_PATIENT}/letters?limit=10", None, auth),
+        },
+        {
+            "name": "documents_search",
+            "direct": ("POST", f"{st}/ehrbase/rest/openehr/v1/query/aql", documents, {}),
+            "path": ("GET", f"/fhir/DocumentReference?patient={stub.SMALL_PATIENT}&_count=10", None, auth),
         },
     ]
 
@@ -181,7 +198,7 @@ def baseline_plan(
 def point_count(only: list[str], concurrency: list[int], clients: list[str]) -> int:
     """How many measured points a run makes (each lasts ``BENCH_SECONDS``)."""
     gateway = 2 * len(only) * len(concurrency) + (2 if "letters_list" in only else 0)
-    gateway += 2 * PAIRED_ROUNDS if "read" in only else 0
+    gateway += 2 * PAIRED_ROUNDS * len([name for name in PAIRED_WORKLOADS if name in only])
     plan = baseline_plan(only, concurrency, clients)
     return gateway + sum(len(step["workloads"]) * len(step["concurrency"]) for step in plan)
 
@@ -395,7 +412,7 @@ def measure(
     results.append(row | measured)
     label = target if client is None else f"{target}/{client}"
     print(
-        f"bench: {workload:<13} c={connections:<3} {label:<21} rps={measured['served_rps']:.0f} "
+        f"bench: {workload:<16} c={connections:<3} {label:<21} rps={measured['served_rps']:.0f} "
         f"p50={measured['p50_ms']:.2f}ms p99={measured['p99_ms']:.2f}ms "
         f"shed={measured['shed']} errors={measured['errors']}",
         flush=True,
@@ -414,16 +431,27 @@ def py_spy() -> str:
     return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
-def profile_read(gateway_pid: int, spec: dict[str, Any]) -> None:
-    """``BENCH_PROFILE=1``: py-spy on one gateway worker while wrk drives the read at c=32.
+def profiled(selected: list[str], asked: list[str]) -> list[str]:
+    """The workloads ``BENCH_PROFILE`` asks to profile (``asked``: its names) among those ``selected``.
 
-    Two unrecorded runs: one writes ``var/bench/profile-read.svg`` (flame graph), the other the collapsed
-    stacks ``profile-read.txt``, summarised into ``profile-read-top.txt``.
+    ``1`` means the read, or the first selected workload when the read is not selected; names pick workloads.
+    """
+    if asked == ["1"]:
+        return ["read"] if "read" in selected else selected[:1]
+    return [name for name in asked if name in selected]
+
+
+def profile_workload(gateway_pid: int, spec: dict[str, Any]) -> None:
+    """``BENCH_PROFILE``: py-spy on one gateway worker while wrk drives the workload at c=32.
+
+    Two unrecorded runs: one writes ``var/bench/profile-<workload>.svg`` (flame graph), the other the
+    collapsed stacks ``profile-<workload>.txt``, summarised into ``profile-<workload>-top.txt``.
     """
     worker = worker_processes(gateway_pid)[0].pid
     seconds = max(SECONDS, 5)
     method, path, body, headers = spec["path"]
-    for form, name in (("flamegraph", "profile-read.svg"), ("raw", "profile-read.txt")):
+    stem = f"profile-{spec['name']}"
+    for form, name in (("flamegraph", f"{stem}.svg"), ("raw", f"{stem}.txt")):
         spy = subprocess.Popen(
             [
                 py_spy(),
@@ -448,9 +476,9 @@ def profile_read(gateway_pid: int, spec: dict[str, Any]) -> None:
         if spy.returncode != 0:
             print(f"bench: py-spy failed: {err.decode(errors='replace').strip()[:300]}", file=sys.stderr)
             return
-    (OUT / "profile-read-top.txt").write_text(profile_summary((OUT / "profile-read.txt").read_text()))
+    (OUT / f"{stem}-top.txt").write_text(profile_summary((OUT / f"{stem}.txt").read_text()))
     print(
-        "bench: profile of one gateway worker (read, c=32): var/bench/profile-read.svg, profile-read-top.txt",
+        f"bench: profile of one gateway worker ({spec['name']}, c=32): var/bench/{stem}.svg, {stem}-top.txt",
         flush=True,
     )
 
@@ -471,40 +499,47 @@ def start_baseline(
 
 def measure_paired(
     results: list[dict[str, Any]],
-    spec: dict[str, Any],
+    specs: list[dict[str, Any]],
     gateway: subprocess.Popen[bytes],
     base_env: dict[str, str],
     database: str,
     cores: int,
     port: int,
 ) -> None:
-    """The ceiling ratio measured fairly: the read at c=32 through the gateway and through the bare
-    pass-through, back to back, ``PAIRED_ROUNDS`` times, the order swapped every round.
+    """The ceiling ratios measured fairly: each workload of ``specs`` that is one of ``PAIRED_WORKLOADS``
+    (the read, the DocumentReference search) at c=32 through the gateway and through the bare
+    pass-through, back to back, ``PAIRED_ROUNDS`` times, the order swapped every round; then, when the
+    read is among ``specs``, its open-loop points.
 
     The table's gateway and bare points lie minutes apart, and the machine's other load drifts in
     between; here both servers are up (the idle one uses no CPU) and each round's two points are measured
-    one right after the other. The report's ``ceiling_ratio`` is the median of the rounds' ratios.
+    one right after the other. The report's ``ceiling_ratio`` is the median of the read's rounds' ratios,
+    its ``documents_search_ratio`` that of the DocumentReference search's.
     """
+    paired = [spec for spec in specs if spec["name"] in PAIRED_WORKLOADS]
     bare = start_baseline(base_env, database, cores, port, client=BARE_CLIENT, db=False, name="bare-paired")
     try:
         bare_base = f"http://127.0.0.1:{port}"
         wait_for(f"{bare_base}/health", bare)
-        warm_up(bare_base, [spec])
-        method, path, body, headers = spec["path"]
+        warm_up(bare_base, paired)
         servers = {
             "gateway_paired": (f"http://127.0.0.1:{GATEWAY_PORT}", gateway),
             "bare_paired": (bare_base, bare),
         }
-        for number in range(PAIRED_ROUNDS):
-            order = list(servers) if number % 2 == 0 else list(reversed(servers))
-            for target in order:
-                base, process = servers[target]
-                measure(results, "read", target, (method, base + path, body, headers), 32, server=process.pid)
-                results[-1]["round"] = number
-        if OPEN_LOOP_RATES:
+        for spec in paired:
+            method, path, body, headers = spec["path"]
+            for number in range(PAIRED_ROUNDS):
+                order = list(servers) if number % 2 == 0 else list(reversed(servers))
+                for target in order:
+                    base, process = servers[target]
+                    request = (method, base + path, body, headers)
+                    measure(results, spec["name"], target, request, 32, server=process.pid)
+                    results[-1]["round"] = number
+        read = next((spec for spec in paired if spec["name"] == "read"), None)
+        if OPEN_LOOP_RATES and read is not None:
             measure_open_loop(
                 results,
-                spec,
+                read,
                 {
                     "open_gateway": (f"http://127.0.0.1:{GATEWAY_PORT}", gateway.pid),
                     "open_bare": (bare_base, bare.pid),
@@ -619,10 +654,11 @@ def main() -> None:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     unknown = sorted(set(ONLY) - set(WORKLOADS)) + sorted(set(COMPARED_CLIENTS) - set(CLIENTS))
+    unknown += sorted(set(PROFILE) - {"1", *WORKLOADS})
     if unknown:
         raise SystemExit(
-            f"bench: unknown name(s) {unknown}; BENCH_ONLY takes {', '.join(WORKLOADS)}, "
-            f"BENCH_CLIENTS takes {', '.join(CLIENTS)}"
+            f"bench: unknown name(s) {unknown}; BENCH_ONLY and BENCH_PROFILE take {', '.join(WORKLOADS)} "
+            f"(BENCH_PROFILE also 1), BENCH_CLIENTS takes {', '.join(CLIENTS)}"
         )
     plan = baseline_plan(ONLY, CONCURRENCY, COMPARED_CLIENTS)
     paired_port = BASELINE_PORT + len(plan)
@@ -713,11 +749,11 @@ def main() -> None:
                     server=gateway.pid,
                 )
         rss = worker_rss_mb(gateway.pid)
-        if PROFILE and "read" in ONLY:
-            profile_read(gateway.pid, next(spec for spec in specs if spec["name"] == "read"))
-        if (PAIRED_ROUNDS > 0 or OPEN_LOOP_RATES) and "read" in ONLY:
-            read = next(spec for spec in specs if spec["name"] == "read")
-            measure_paired(results, read, gateway, base_env, database, cores, paired_port)
+        for name in profiled(ONLY, PROFILE):
+            profile_workload(gateway.pid, next(spec for spec in specs if spec["name"] == name))
+        paired_names = [name for name in PAIRED_WORKLOADS if name in ONLY]
+        if (PAIRED_ROUNDS > 0 and paired_names) or (OPEN_LOOP_RATES and "read" in ONLY):
+            measure_paired(results, specs, gateway, base_env, database, cores, paired_port)
         stop_server(gateway)
         baseline_rss = measure_baselines(results, specs, base_env, database, cores)
         machine = {

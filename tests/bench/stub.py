@@ -2,7 +2,9 @@
 
 Fixed payloads shaped like the real servers' (HAPI JPA 8.x, EHRbase 2.x). Letters: EHR ``SMALL_EHR`` has
 10 letters and ``LARGE_EHR`` 10,000; AQL answers slice them by ``offset``/``fetch`` as EHRbase does, so the
-list cost seen through the gateway depends on the page size only.
+list cost seen through the gateway depends on the page size only. A query that selects the letter's text
+(``… AS body``, the gateway's ``LIST_LETTER_DOCUMENTS`` of the FHIR DocumentReference search) gets a seventh
+column, ``body``: a clinic letter of about 1.5 KB, slightly different for each letter.
 
 Run: ``python -m tests.bench.stub PORT``.
 """
@@ -10,6 +12,7 @@ Run: ``python -m tests.bench.stub PORT``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 from typing import Any
@@ -97,8 +100,76 @@ COLUMNS = [
     {"path": "c/composer/external_ref/id/value", "name": "author_id"},
     {"path": "c/context/start_time/value", "name": "date"},
 ]
+DOCUMENT_COLUMNS = [
+    *COLUMNS,
+    {
+        "path": "s/items[openEHR-EHR-EVALUATION.clinical_synopsis.v1]/data[at0001]/items[at0002]/value/value",
+        "name": "body",
+    },
+]
+LETTER_TEXT = """Dear Dr Okafor,
+
+Re: Peter James Chalmers, born 25/12/1974, NHS number 943 476 5919
+
+I saw Mr Chalmers in the cardiology outpatient clinic on {date} (letter {number}). He was referred with \
+exertional chest tightness over the last three months, coming on after about 200 metres on the flat and \
+settling within five minutes of rest. There is no rest pain, no syncope and no palpitations. He has \
+stopped smoking (20 pack-years) and drinks about 10 units of alcohol a week.
+
+Past history: hypertension (2015), type 2 diabetes on metformin, right knee arthroscopy (2009).
+Medication: metformin 1 g twice daily, ramipril 5 mg once daily, atorvastatin 20 mg at night.
+Allergies: penicillin (rash).
+
+On examination his blood pressure was 148/86 mmHg, pulse 72 regular, BMI 29. Heart sounds were normal \
+with no murmurs; the chest was clear and there was no peripheral oedema. His resting ECG shows sinus \
+rhythm with no acute changes. HbA1c 58 mmol/mol, total cholesterol 4.9 mmol/L, eGFR 78.
+
+Impression: stable angina is likely. I have started aspirin 75 mg once daily and bisoprolol 2.5 mg once \
+daily, with GTN spray as needed, and increased atorvastatin to 80 mg. I have requested a CT coronary \
+angiogram and will see him again with the result in six weeks. He knows to call 999 if the pain comes \
+on at rest or lasts more than 15 minutes despite GTN.
+
+Yours sincerely,
+
+Dr A Bench, Consultant Cardiologist
+"""
+DOCUMENT_MARKER = " AS body"
+
+
+def document_row(i: int) -> list[Any]:
+    """One row of the document query: the six summary columns and the letter's text."""
+    row = letter_row(i)
+    return [*row, LETTER_TEXT.format(date=row[5][:10], number=i)]
+
+
 PATIENT_BODY = json.dumps(patient("bench-small")).encode()
 SEARCH_BODY = json.dumps(searchset(20)).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def aql_answer(q: str, ehr_id: str, offset: int, fetch: int) -> bytes:
+    """The encoded result set of one AQL page (kept: the bench asks for the same few pages again and again,
+    and encoding 17 KB of letters on every call would spend on the stub the CPU the servers share with it)."""
+    rows = ROWS.get(ehr_id, [])
+    page = rows[offset : offset + fetch]
+    columns = COLUMNS
+    if DOCUMENT_MARKER in q:
+        # the texts are made for the page only (10,000 letters of 1.5 KB would be 15 MB held for nothing)
+        columns = DOCUMENT_COLUMNS
+        page = [document_row(i) for i in range(offset, offset + len(page))]
+    result = {
+        "meta": {
+            "_type": "RESULTSET",
+            "_schema_version": "1.0.3",
+            "resultsize": len(page),
+            "offset": offset,
+            "fetch": fetch,
+        },
+        "q": q,
+        "columns": columns,
+        "rows": page,
+    }
+    return json.dumps(result).encode()
 
 
 def respond(method: str, target: str, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -150,22 +221,11 @@ def respond(method: str, target: str, body: bytes) -> tuple[int, list[tuple[byte
         )
     if path == f"{base}/query/aql" and method == "POST":
         request = json.loads(body or b"{}")
-        rows = ROWS.get(request.get("query_parameters", {}).get("ehr_id", ""), [])
-        offset, fetch = int(request.get("offset", 0)), int(request.get("fetch", len(rows)))
-        page = rows[offset : offset + fetch]
-        result = {
-            "meta": {
-                "_type": "RESULTSET",
-                "_schema_version": "1.0.3",
-                "resultsize": len(page),
-                "offset": offset,
-                "fetch": fetch,
-            },
-            "q": request.get("q", ""),
-            "columns": COLUMNS,
-            "rows": page,
-        }
-        return 200, [(b"Content-Type", b"application/json")], json.dumps(result).encode()
+        ehr_id = str(request.get("query_parameters", {}).get("ehr_id", ""))
+        offset = int(request.get("offset", 0))
+        fetch = int(request.get("fetch", len(ROWS.get(ehr_id, []))))
+        payload = aql_answer(str(request.get("q", "")), ehr_id, offset, fetch)
+        return 200, [(b"Content-Type", b"application/json")], payload
     return 404, [(b"Content-Type", b"application/json")], b'{"error":"Not Found","message":"no such path"}'
 
 

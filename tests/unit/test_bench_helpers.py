@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from typing import Any
 
+from gateway.openehr import aql
 from tests.bench import stub
+from tests.bench.baseline import document_bundle
 from tests.bench.report import (
     STATUS_COUNTER_LUA,
     added,
@@ -24,9 +27,10 @@ from tests.bench.report import (
     summary_line,
     target_lines,
     to_ms,
+    workload_ratio,
     workload_table,
 )
-from tests.bench.run import baseline_plan, point_count, uvicorn_command
+from tests.bench.run import baseline_plan, point_count, profiled, uvicorn_command
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:18090/patients/bench-small
   2 threads and 32 connections
@@ -170,14 +174,16 @@ def test_ceiling_ratios_use_served_rps() -> None:
 
 def test_summary_line() -> None:
     assert summary_line(run_results(), [110.2, 120.4]) == (
-        "bench: read added_p50_ms=1.5 added_p99_ms=6.0 rps=1620 rss_mb=120 ceiling_ratio=0.65"
+        "bench: read added_p50_ms=1.5 added_p99_ms=6.0 rps=1620 rss_mb=120 ceiling_ratio=0.65 "
+        "documents_search_ratio=n/a"
     )
 
 
 def test_summary_line_of_a_partial_run() -> None:
     results = [point("read", "direct", 32, rps=100), point("read", "gateway", 32, rps=50)]
     assert summary_line(results, []) == (
-        "bench: read added_p50_ms=n/a added_p99_ms=0.0 rps=50 rss_mb=0 ceiling_ratio=n/a"
+        "bench: read added_p50_ms=n/a added_p99_ms=0.0 rps=50 rss_mb=0 ceiling_ratio=n/a "
+        "documents_search_ratio=n/a"
     )
 
 
@@ -194,7 +200,7 @@ def test_the_paired_rounds_give_the_ceiling_ratio_as_their_median() -> None:
     assert [r["ratio"] for r in paired_rounds(results)] == [0.5, 0.75, 0.6]
     assert paired_ceiling_ratio(results) == 0.6
     # the summary and the target read the paired median, not the table's unpaired 0.65
-    assert summary_line(results, [100.0]).endswith("ceiling_ratio=0.60")
+    assert "ceiling_ratio=0.60 " in summary_line(results, [100.0])
     assert "bench: target ceiling_ratio_c32>=0.6 value=0.60 met" in target_lines(results, [100.0])
     report = markdown(results, [100.0], {"date": "d", "cores": 2, "cpu": "c", "seconds_per_point": 3})
     assert "| 2 | 1500 | 2000 | 0.75 | 800 | 400 | 0.50 |" in report
@@ -220,7 +226,40 @@ def test_target_lines() -> None:
         "bench: target rss_mb<=150 value=151 missed",
         "bench: target reads_c128/reads_c32>=0.9 value=0.93 met",
         "bench: target read_p99_ms_c128<=1000 value=900.0 met",
+        "bench: target documents_search_ratio_c32>=0.5 value=n/a not-measured",
     ]
+
+
+def test_documents_search_ratio_is_the_paired_median_else_the_table_ratio() -> None:
+    table = [
+        point("documents_search", "direct", 32, rps=9000),
+        point("documents_search", "gateway", 32, rps=900),
+        point("documents_search", "bare", 32, client="aiohttp", rps=2000),
+    ]
+    assert workload_ratio(table, "documents_search") == 0.45
+    assert summary_line(table, []).endswith("documents_search_ratio=0.45")
+    assert "bench: target documents_search_ratio_c32>=0.5 value=0.45 missed" in target_lines(table, [])
+    rounds = [
+        point("documents_search", "gateway_paired", 32, rps=gateway, round=number)
+        for number, gateway in enumerate((1100, 1000, 1300))
+    ] + [point("documents_search", "bare_paired", 32, rps=2000, round=number) for number in range(3)]
+    results = table + rounds + paired(0, 2000, 4000)  # the read's rounds stay apart
+    assert [r["ratio"] for r in paired_rounds(results, "documents_search")] == [0.55, 0.5, 0.65]
+    assert paired_ceiling_ratio(results) == 0.5  # the read's
+    assert workload_ratio(results, "documents_search") == 0.55
+    assert "bench: target documents_search_ratio_c32>=0.5 value=0.55 met" in target_lines(results, [])
+    report = markdown(results, [100.0], {"date": "d", "cores": 2, "cpu": "c", "seconds_per_point": 3})
+    assert "Paired DocumentReference search" in report
+    assert "| 3 | 1300 | 2000 | 0.65 |" in report
+    assert "| documents_search | 32 | 9000 | 900 | 900 | 2000 | n/a | 0.45 |" in report
+
+
+def test_profiled_workloads() -> None:
+    assert profiled(["read", "documents_search"], ["1"]) == ["read"]
+    assert profiled(["documents_search", "search"], ["1"]) == ["documents_search"]
+    assert profiled(["read", "documents_search"], ["documents_search"]) == ["documents_search"]
+    assert profiled(["read"], ["documents_search"]) == []
+    assert profiled(["read"], []) == []
 
 
 def test_target_lines_say_what_was_not_measured() -> None:
@@ -326,10 +365,11 @@ def test_baseline_plan() -> None:
 
 
 def test_default_run_fits_the_time_budget() -> None:
-    workloads = ["read", "search", "letter_create", "letters_list"]
+    workloads = ["read", "search", "letter_create", "letters_list", "documents_search"]
     clients = ["httpx", "httpx-aiohttp", "aiohttp", "pyreqwest"]
     points = point_count(workloads, [1, 8, 32, 128], clients)
-    assert points == 34 + 6 + 16 + 16 + 9  # gateway, paired rounds, bare, bare+DB, other clients
+    # gateway and direct, paired rounds (read and documents), bare, bare+DB, other clients
+    assert points == 42 + 12 + 20 + 20 + 9
     assert points * 3 <= 6 * 60  # leaves ~2 min of the 8 for start-up, warm-up and wrk's own overhead
 
 
@@ -345,6 +385,39 @@ def test_stub_answers_like_hapi_and_ehrbase() -> None:
     result = json.loads(body)
     assert len(result["rows"]) == 10
     assert [c["name"] for c in result["columns"]] == ["uid", "title", "status", "author", "author_id", "date"]
+
+
+def test_stub_answers_the_document_query_with_the_letters_text() -> None:
+    request = aql.list_documents_request(
+        ehr_id=stub.SMALL_EHR, template_id="t", date_from=None, date_to=None, offset=4, fetch=11
+    )
+    status, _, body = stub.respond("POST", "/ehrbase/rest/openehr/v1/query/aql", json.dumps(request).encode())
+    result = json.loads(body)
+    assert status == 200
+    assert [c["name"] for c in result["columns"]][-1] == "body"
+    summaries = aql.parse_summaries(result)  # the gateway's own parser
+    assert len(summaries) == 6  # letters 4 to 9 of 10
+    assert summaries[0].uid.startswith("00000004-")
+    assert summaries[0].body is not None
+    assert 1000 <= len(summaries[0].body.encode()) <= 2000
+    assert "(letter 4)" in summaries[0].body
+
+
+def test_bare_document_bundle_wraps_the_rows() -> None:
+    request = aql.list_documents_request(
+        ehr_id=stub.SMALL_EHR, template_id="t", date_from=None, date_to=None, offset=0, fetch=4
+    )
+    _, _, body = stub.respond("POST", "/ehrbase/rest/openehr/v1/query/aql", json.dumps(request).encode())
+    bundle = document_bundle(json.loads(body), stub.SMALL_PATIENT, 3)
+    assert bundle["type"] == "searchset"
+    assert [link["relation"] for link in bundle["link"]] == ["self", "next"]  # the fourth row came back
+    assert len(bundle["entry"]) == 3
+    resource = bundle["entry"][0]["resource"]
+    assert resource["resourceType"] == "DocumentReference"
+    assert resource["subject"] == {"reference": f"Patient/{stub.SMALL_PATIENT}"}
+    attachment = resource["content"][0]["attachment"]
+    assert base64.b64decode(attachment["data"]).decode() == stub.document_row(0)[-1]
+    assert attachment["size"] == len(stub.document_row(0)[-1].encode())
 
 
 # vegeta report -type=json of a 5 s attack at 500/s (latencies in ns); two answers were 503.
