@@ -15,6 +15,7 @@ again next time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Hashable
@@ -63,6 +64,7 @@ class Authoriser:
             if cache_ms > 0
             else None
         )
+        self._pending: dict[Hashable, asyncio.Future[AuthzRow | None]] = {}
 
     async def check(
         self, *, user_id: uuid.UUID, family_id: uuid.UUID, patient_id: str | None
@@ -73,17 +75,38 @@ class Authoriser:
             auth_db.hotpath.HotStoreUnavailable: the auth database did not answer.
         """
         key = (family_id, user_id, patient_id)
-        if self._cache is not None:
-            entry = self._cache.get(key)
-            if entry is not None:
-                return entry.row
-        asked_at = self._clock()
-        row = await self.store.authorize(
-            user_id=user_id, family_id=family_id, patient_id=patient_id, now=utcnow()
-        )
-        if row is not None and self._cache is not None:
+        if self._cache is None:  # no reuse at all: every request asks
+            return await self.store.authorize(
+                user_id=user_id, family_id=family_id, patient_id=patient_id, now=utcnow()
+            )
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry.row
+        # One question per key at a time: requests arriving while it is asked share its answer (an answer
+        # younger than the cache bound), instead of all asking when a cached answer has just expired.
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._pending[key] = pending
+        try:
+            asked_at = self._clock()
+            row = await self.store.authorize(
+                user_id=user_id, family_id=family_id, patient_id=patient_id, now=utcnow()
+            )
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as error:
+            pending.set_exception(error)
+            pending.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        finally:
+            del self._pending[key]
+        if row is not None:
             # the bound counts from when the question was asked, not from when the answer came back
             self._cache[key] = _Entry(row, asked_at + self.ttl)
+        pending.set_result(row)
         return row
 
     def clear(self) -> None:

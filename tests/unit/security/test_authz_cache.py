@@ -123,3 +123,40 @@ async def test_the_cache_holds_a_bounded_number_of_answers() -> None:
     for patient in ("a", "b", "c", "d", "e"):
         await check(authoriser, patient)
     assert len(authoriser) == 3
+
+
+class FailingStore(CountingStore):
+    async def authorize(
+        self, *, user_id: uuid.UUID, family_id: uuid.UUID, patient_id: str | None, now: datetime
+    ) -> AuthzRow | None:
+        self.asked.append(patient_id)
+        await asyncio.sleep(0)
+        raise ConnectionError("down")
+
+
+async def test_concurrent_requests_for_one_key_share_one_question() -> None:
+    clock = Clock()
+    store = CountingStore(clock)
+    authoriser = Authoriser(store, cache_ms=500, clock=clock)  # type: ignore[arg-type]
+    answers = await asyncio.gather(*(check(authoriser) for _ in range(20)), check(authoriser, "2002"))
+    assert answers == [ROW] * 21
+    assert store.asked == ["1001", "2002"]  # one question per key, not one per request
+
+
+async def test_a_shared_question_that_fails_fails_every_request_and_is_asked_again_next_time() -> None:
+    clock = Clock()
+    store = FailingStore(clock)
+    authoriser = Authoriser(store, cache_ms=500, clock=clock)  # type: ignore[arg-type]
+    results = await asyncio.gather(*(check(authoriser) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    assert len(store.asked) == 1
+    await asyncio.gather(check(authoriser), return_exceptions=True)
+    assert len(store.asked) == 2
+
+
+async def test_without_a_cache_every_request_asks() -> None:
+    clock = Clock()
+    store = CountingStore(clock)
+    authoriser = Authoriser(store, cache_ms=0, clock=clock)  # type: ignore[arg-type]
+    await asyncio.gather(*(check(authoriser) for _ in range(3)))
+    assert len(store.asked) == 3
