@@ -57,25 +57,6 @@ class PatientAccess:
         return self.principal.actor
 
 
-async def has_care_team_link(session: AsyncSession, user_id: uuid.UUID, patient_id: str) -> bool:
-    statement = select(CareTeamLink.id).where(
-        CareTeamLink.user_id == user_id,
-        CareTeamLink.patient_id == patient_id,
-        col(CareTeamLink.revoked_at).is_(None),
-    )
-    return (await session.exec(statement.limit(1))).first() is not None
-
-
-async def has_active_break_glass(session: AsyncSession, user_id: uuid.UUID, patient_id: str) -> bool:
-    statement = select(BreakGlassGrant.id).where(
-        BreakGlassGrant.user_id == user_id,
-        BreakGlassGrant.patient_id == patient_id,
-        BreakGlassGrant.expires_at > utcnow(),
-        col(BreakGlassGrant.revoked_at).is_(None),
-    )
-    return (await session.exec(statement.limit(1))).first() is not None
-
-
 async def grant_care_team(
     session: AsyncSession, *, user_id: uuid.UUID, patient_id: str, granted_by: uuid.UUID | None
 ) -> CareTeamLink:
@@ -153,10 +134,20 @@ async def authorize_patient(
     )
 
 
-async def related_patients(factory: SessionFactory, user_id: uuid.UUID, patient_ids: list[str]) -> set[str]:
-    """Which of ``patient_ids`` the user may open: an active care-team link or break-glass grant."""
+async def relationships(
+    factory: SessionFactory, user_id: uuid.UUID, patient_ids: list[str]
+) -> dict[str, bool]:
+    """The user's relationship with each of ``patient_ids``, asked in one go (outside the hot path).
+
+    The per-request answer comes from the authorisation statement (:mod:`auth_db.hotpath`); this is the same
+    rule for several patients at once, and for principals that did not come through that statement.
+
+    Returns:
+        Patient id → True for an active care-team link, False for an unexpired break-glass grant only;
+        patients with neither are absent.
+    """
     if not patient_ids:
-        return set()
+        return {}
     care = select(CareTeamLink.patient_id).where(
         CareTeamLink.user_id == user_id,
         col(CareTeamLink.patient_id).in_(patient_ids),
@@ -169,14 +160,17 @@ async def related_patients(factory: SessionFactory, user_id: uuid.UUID, patient_
         col(BreakGlassGrant.revoked_at).is_(None),
     )
     async with factory() as session:
-        found = set((await session.exec(care)).all())
-        found.update((await session.exec(grants)).all())
+        found = dict.fromkeys((await session.exec(grants)).all(), False)
+        found.update(dict.fromkeys((await session.exec(care)).all(), True))
     return found
+
+
+async def related_patients(factory: SessionFactory, user_id: uuid.UUID, patient_ids: list[str]) -> set[str]:
+    """Which of ``patient_ids`` the user may open: an active care-team link or break-glass grant."""
+    return set(await relationships(factory, user_id, patient_ids))
 
 
 async def _ask(request: Request, user_id: uuid.UUID, patient_id: str) -> Relationship:
     factory: SessionFactory = request.app.state.autocommit_session_factory
-    async with factory() as session:
-        care = await has_care_team_link(session, user_id, patient_id)
-        grant = not care and await has_active_break_glass(session, user_id, patient_id)
-    return Relationship(user_id, patient_id, care, grant, None)
+    found = (await relationships(factory, user_id, [patient_id])).get(patient_id)
+    return Relationship(user_id, patient_id, found is True, found is False, None)

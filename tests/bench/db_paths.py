@@ -35,7 +35,7 @@ from auth_db.hotpath import AUDIT_COLUMNS, CoreHotStore, PostgresHotStore
 from auth_db.models import AuditEvent
 from auth_db.types import utcnow
 from gateway.security import sessions
-from gateway.security.access import grant_care_team, has_care_team_link
+from gateway.security.access import grant_care_team, relationships
 from gateway.security.principal import Role
 from gateway.settings import normalise_database_url
 from tests.factories import create_user
@@ -116,8 +116,7 @@ async def measure(server_url: str) -> list[dict[str, Any]]:
     async def orm_authorize() -> None:
         async with autocommit() as session:
             assert await sessions.load_session_user(session, user_id=user.id, family_id=family, now=utcnow())
-        async with autocommit() as session:
-            assert await has_care_team_link(session, user.id, "bench-small")
+        assert (await relationships(autocommit, user.id, ["bench-small"])).get("bench-small") is True
 
     async def orm_audit() -> None:
         async with autocommit() as session:
