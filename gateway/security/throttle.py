@@ -63,21 +63,30 @@ def address_key(client_addr: str | None) -> str:
 
 
 async def _locked_row(session: AsyncSession, key: str, now: datetime) -> LoginThrottle:
-    """The throttle row of ``key``, created if missing and locked until the transaction ends."""
+    """The throttle row of ``key``, created if missing and locked until the transaction ends.
+
+    A successful login deletes its account's row. When that happens between this insert (which then found
+    the row and did nothing) and this lock (which then finds no row once the delete commits), the row is
+    created again: the loop runs at most twice in practice.
+    """
     dialect = session.bind.dialect.name if session.bind is not None else "postgresql"
     insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    await session.exec(
-        insert(LoginThrottle)
-        .values(key=key, failures=0, window_started_at=now, locked_until=None)
-        .on_conflict_do_nothing(index_elements=["key"])
-    )
     statement = (
         select(LoginThrottle)
         .where(LoginThrottle.key == key)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    return (await session.exec(statement)).one()
+    for _ in range(5):
+        await session.exec(
+            insert(LoginThrottle)
+            .values(key=key, failures=0, window_started_at=now, locked_until=None)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        row = (await session.exec(statement)).first()
+        if row is not None:
+            return row
+    raise RuntimeError(f"the throttle row {key!r} keeps disappearing")
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
