@@ -194,6 +194,23 @@ class SystemSetting(SQLModel, table=True):
     updated_by: uuid.UUID | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
 
 
+class SecretFingerprint(SQLModel, table=True):
+    """The fingerprint of a value every replica must share (``GATEWAY_SECRET_KEY``, ...), never the value.
+
+    The first replica to start records it; every later start compares its own and refuses to start on a
+    difference (:mod:`gateway.security.shared_secrets`). One row per checked value, keyed by its name.
+    """
+
+    __tablename__ = "secret_fingerprint"
+
+    name: str = Field(max_length=64, primary_key=True)
+    fingerprint: str = Field(max_length=64)
+    recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    #: The host name of the process that recorded it, and how (``start-up`` or ``secrets accept-new``).
+    recorded_by: str = Field(max_length=255)
+    recorded_via: str = Field(max_length=32)
+
+
 class UserSetting(SQLModel, table=True):
     """A stored override of a per-user setting declared in code."""
 

@@ -45,6 +45,7 @@ from gateway.r4.ids import DocumentIds
 from gateway.security.authz import Authoriser, watch_authorisation_changes
 from gateway.security.passwords import PasswordService
 from gateway.security.principal import Role
+from gateway.security.shared_secrets import check_at_startup
 from gateway.security.tokens import AccessTokenVerifier
 from gateway.services.documents import DocumentCache
 from gateway.services.sso import SsoService
@@ -79,6 +80,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
 
             await asyncio.to_thread(migrate.upgrade, url)
             logger.info("auth database migrated to the latest revision")
+        # Refuses to start when the secrets differ from the other replicas' (recorded in the auth database).
+        app.state.secrets_check = await check_at_startup(settings)
         hot_store = create_hot_store(
             url,
             engine,
@@ -135,6 +138,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
                 await idp_http.aclose()
             await app.state.ehrbase.aclose()
             await app.state.fhir.aclose()
+            await app.state.secrets_check.aclose()  # its background retry
             await writer.close()
             await hot_store.close()
             await engine.dispose()
