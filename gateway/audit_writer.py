@@ -80,7 +80,11 @@ class AuditWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
-        """Write what is waiting, then stop."""
+        """Commit every row handed in (also those handed in while this waits), then stop.
+
+        The app's shutdown calls it once the server has drained its requests and before it closes the
+        auth DB pools; a :meth:`write` after it has returned is refused (503).
+        """
         self._closing = True
         self._wakeup.set()
         if self._task is not None:

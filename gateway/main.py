@@ -10,7 +10,7 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -39,7 +39,7 @@ from gateway.audit import AuditLog
 from gateway.audit_writer import AuditWriter
 from gateway.errors import install_error_handlers
 from gateway.logs import configure_logging
-from gateway.metrics import PrometheusObserver, install_observer, observe_audit_batch
+from gateway.metrics import PrometheusObserver, install_observer, observe_audit_batch, watch_pool
 from gateway.middleware import GatewayMiddleware
 from gateway.r4.ids import DocumentIds
 from gateway.security.authz import Authoriser, watch_authorisation_changes
@@ -122,6 +122,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         observer = PrometheusObserver()
         install_observer(app.state.fhir, observer)
         install_observer(app.state.ehrbase, observer)
+        watch_pool(engine)  # several workers: each publishes its own pool (gateway.metrics)
         if settings.ehrbase_sync_templates_on_startup:
             from gateway.openehr.templates import sync_at_startup  # lxml only where templates are read
 
@@ -134,16 +135,29 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         try:
             yield
         finally:
-            if idp_http is not None:
-                await idp_http.aclose()
-            await app.state.ehrbase.aclose()
-            await app.state.fhir.aclose()
-            await app.state.secrets_check.aclose()  # its background retry
-            await writer.close()
-            await hot_store.close()
-            await engine.dispose()
+            # The server has stopped accepting and drained the requests in flight (or cancelled them after
+            # SHUTDOWN_DRAIN_SECONDS). Every audit row handed in is committed first, while the auth DB
+            # pools are still open; then the pools close. A step that fails is logged and the next still run.
+            await _close_in_order(
+                ("shared-secrets check", lambda: app.state.secrets_check.aclose()),  # its background retry
+                ("audit writer", writer.close),
+                ("EHRbase client", app.state.ehrbase.aclose),
+                ("FHIR client", app.state.fhir.aclose),
+                *([("identity provider client", idp_http.aclose)] if idp_http is not None else []),
+                ("auth DB hot-path pool", hot_store.close),
+                ("auth DB engine", engine.dispose),
+            )
+            logger.info("shutdown: %d audit rows written since start; pools closed", writer.rows)
 
     return lifespan
+
+
+async def _close_in_order(*steps: tuple[str, Callable[[], Awaitable[object]]]) -> None:
+    for name, close in steps:
+        try:
+            await close()
+        except Exception:
+            logger.exception("shutdown: closing the %s failed", name)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,20 +14,33 @@ One :class:`~prometheus_client.CollectorRegistry` per process, :data:`REGISTRY`,
 - ``gateway_audit_batch_rows`` / ``gateway_audit_batch_seconds`` (the audit group commit: rows per
   transaction and its duration) and ``gateway_audit_batch_failures_total``;
 - ``gateway_requests_shed_total``: requests answered 503 ``overloaded`` at once because the worker
-  already served ``MAX_REQUESTS_IN_FLIGHT``.
+  already served ``MAX_REQUESTS_IN_FLIGHT``;
+- ``gateway_workers``: 1 in each worker process ``gateway serve`` runs.
 
 Labels never carry user data: the route template, a store name, an operation name, a status.
+
+**Several workers** (``gateway serve --workers N``) run prometheus-client's multiprocess mode: the server
+sets ``PROMETHEUS_MULTIPROC_DIR`` before it starts the workers, each worker writes its values to files
+there, and :func:`render` merges the files of every worker, so a scrape sees the whole server whichever
+worker answers it. Counters and histograms are summed, including those of workers that have died (a
+restarted worker must not make a counter go down). Each gauge says how its workers' values combine
+(``multiprocess_mode``, which only this mode reads); the ``live`` modes leave out dead workers, whose
+files the supervisor marks (:func:`prometheus_client.multiprocess.mark_process_dead`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import event
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
+    "MULTIPROCESS",
     "REGISTRY",
     "PrometheusObserver",
     "observe_audit_batch",
@@ -36,9 +49,15 @@ __all__ = [
     "record_login_failure",
     "record_shed",
     "render",
+    "watch_pool",
+    "worker_started",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: True when the values live in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client decides once, when it is
+#: first imported, from that variable): then a scrape must merge every worker's files.
+MULTIPROCESS: bool = values.ValueClass is not values.MutexValue
 
 #: Request latency buckets (seconds): fast auth checks up to slow upstream writes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
@@ -75,16 +94,42 @@ UPSTREAM_RETRIES = Counter(
     ["store", "operation"],
     registry=REGISTRY,
 )
+# Several workers: each has its own breakers. The worst state among the live workers is the one to
+# alert on (one worker failing fast is an outage for a share of the requests), so "livemax".
 BREAKER_STATE = Gauge(
     "gateway_upstream_breaker_state",
     "Circuit breaker per store: 0 closed, 1 half-open, 2 open.",
     ["store"],
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
-POOL_SIZE = Gauge("gateway_auth_db_pool_size", "Configured size of the auth DB pool.", registry=REGISTRY)
-POOL_CHECKED_OUT = Gauge("gateway_auth_db_pool_checked_out", "Auth DB connections in use.", registry=REGISTRY)
+# Several workers: each has its own pool. The sum over the live workers is what the server holds against
+# PostgreSQL's max_connections, and checked_out / size stays the server's pool use, so "livesum"
+# (divide by gateway_workers for one worker's average).
+POOL_SIZE = Gauge(
+    "gateway_auth_db_pool_size",
+    "Configured size of the auth DB pool.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+POOL_CHECKED_OUT = Gauge(
+    "gateway_auth_db_pool_checked_out",
+    "Auth DB connections in use.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 POOL_OVERFLOW = Gauge(
-    "gateway_auth_db_pool_overflow", "Auth DB connections opened beyond the pool size.", registry=REGISTRY
+    "gateway_auth_db_pool_overflow",
+    "Auth DB connections opened beyond the pool size.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+# Several workers: 1 per live worker, summed: how many workers the scraped server runs now.
+WORKERS = Gauge(
+    "gateway_workers",
+    "Worker processes serving (1 per worker; the sum over the live workers of gateway serve --workers N).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 LOGIN_FAILURES = Counter(
     "gateway_login_failures",
@@ -191,16 +236,69 @@ def install_observer(client: Any, observer: PrometheusObserver) -> None:
             observer.on_breaker_state(str(upstream.name), state)
 
 
-def _update_pool_gauges(engine: Any) -> None:
-    pool = getattr(getattr(engine, "sync_engine", engine), "pool", None)
+def worker_started() -> None:
+    """Count this process as a serving worker (called by ``gateway serve`` once the worker serves)."""
+    WORKERS.set(1)
+
+
+def _pool_of(engine: Any) -> Any:
+    return getattr(getattr(engine, "sync_engine", engine), "pool", None)
+
+
+def _update_pool_gauges(pool: Any) -> None:
     for gauge, method in ((POOL_SIZE, "size"), (POOL_CHECKED_OUT, "checkedout"), (POOL_OVERFLOW, "overflow")):
         read = getattr(pool, method, None)
         if callable(read):
             gauge.set(max(0, int(read())))
 
 
+def watch_pool(engine: Any) -> None:
+    """With several workers, keep this worker's pool gauges current as connections come and go.
+
+    One worker answers a scrape and can read only its own pool, so each worker publishes its pool
+    whenever a connection is checked out, returned or closed. With one process (no multiprocess mode)
+    nothing is registered: the scrape reads the pool, as before.
+    """
+    pool = _pool_of(engine)
+    if not MULTIPROCESS or pool is None:
+        return
+    scheduled = False
+
+    def update() -> None:
+        nonlocal scheduled
+        scheduled = False
+        _update_pool_gauges(pool)
+
+    def soon(*_: Any) -> None:
+        # The pool fires "checkin" before it takes the connection back: read it once the event is over
+        # (one read for a burst of events).
+        nonlocal scheduled
+        if scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a connection finalised outside the event loop
+            _update_pool_gauges(pool)
+            return
+        scheduled = True
+        loop.call_soon(update)
+
+    for name in ("checkout", "checkin", "close", "close_detached"):
+        event.listen(pool, name, soon)
+    _update_pool_gauges(pool)
+
+
 def render(engine: Any = None) -> bytes:
-    """The registry in Prometheus text format, with the pool gauges refreshed from ``engine``."""
-    if engine is not None:
-        _update_pool_gauges(engine)
+    """Every metric in Prometheus text format, with the pool gauges refreshed from ``engine``.
+
+    In multiprocess mode (several workers) the files of every worker are merged; otherwise this process's
+    registry is rendered.
+    """
+    pool = _pool_of(engine)
+    if pool is not None:
+        _update_pool_gauges(pool)
+    if MULTIPROCESS:
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
     return generate_latest(REGISTRY)

@@ -202,6 +202,20 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     ready_cache_seconds: float = Field(default=5.0, ge=0)
     ready_probe_timeout: float = Field(default=2.0, gt=0)
+    shutdown_drain_seconds: int = Field(
+        default=20,
+        ge=1,
+        le=3600,
+        description="On SIGTERM: how long requests in flight may take to finish once the process has "
+        "stopped accepting connections; then they are cancelled (uvicorn's timeout_graceful_shutdown).",
+    )
+    shutdown_delay_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=300,
+        description="On SIGTERM: how long the process goes on accepting and serving requests, with "
+        "GET /ready answering 503, before it stops accepting (time for a load balancer to notice).",
+    )
     tracing_enabled: bool = False
     otel_exporter_otlp_endpoint: str | None = None
 

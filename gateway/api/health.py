@@ -18,8 +18,12 @@ from gateway.readiness import (
     probe_http,
 )
 from gateway.settings import Settings
+from gateway.shutdown import shutdown_state
 
 router = APIRouter(tags=["health"])
+
+#: The reason ``/ready`` gives, under the check ``shutdown``, once the process has been told to stop.
+STOPPING = "the process is stopping (SIGTERM): finishing the requests in flight, taking no new ones"
 
 
 class Health(BaseModel):
@@ -54,7 +58,14 @@ async def health() -> Health:
     responses={503: {"model": Readiness, "description": "At least one store is down (see `checks`)."}},
 )
 async def ready(request: Request) -> JSONResponse:
-    """Probe each store (results cached for ``READY_CACHE_SECONDS``); 200 when all are up, else 503."""
+    """Probe each store (results cached for ``READY_CACHE_SECONDS``); 200 when all are up, else 503.
+
+    Once the process has been told to stop (SIGTERM), 503 at once, without probing: the load balancer
+    must send it nothing new while it finishes the requests it has.
+    """
+    shutdown = shutdown_state(request.state)
+    if shutdown is not None and shutdown.stopping:
+        return _stopping()
     state = request.app.state
     settings: Settings = state.settings
     cache: ReadinessCache | None = getattr(state, "readiness", None)
@@ -65,11 +76,21 @@ async def ready(request: Request) -> JSONResponse:
         return await probe_all(state, settings)
 
     results = await cache.get(run)
+    if shutdown is not None and shutdown.stopping:  # the signal came while the probes ran
+        return _stopping()
     body = Readiness(
         status="ready" if all(r.status == "up" for r in results.values()) else "unavailable",
         checks={name: Check(**vars(result)) for name, result in results.items()},
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+
+
+def _stopping() -> JSONResponse:
+    body = Readiness(
+        status="unavailable",
+        checks={"shutdown": Check(status="down", latency_ms=0.0, error=STOPPING)},
+    )
+    return JSONResponse(body.model_dump(), status_code=503)
 
 
 async def probe_all(state: object, settings: Settings) -> dict[str, CheckResult]:

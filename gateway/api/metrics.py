@@ -3,6 +3,9 @@
 Served only when ``METRICS_ENABLED`` is true (otherwise the route does not exist: 404). When
 ``METRICS_TOKEN`` is set the scraper must send ``Authorization: Bearer <token>``; the token is
 compared in constant time and a missing or wrong one gets ``401 metrics_token_invalid``.
+
+With ``gateway serve --workers N`` the worker that answers merges the metrics of every worker
+(:func:`gateway.metrics.render`, prometheus-client's multiprocess mode).
 """
 
 from __future__ import annotations

@@ -124,3 +124,20 @@ async def test_close_writes_what_is_waiting(store_and_writer: Any) -> None:
     await writer.close()
     await asyncio.gather(*tasks)
     assert sorted(row for batch in store.batches for row in batch) == ["r0", "r1", "r2"]
+
+
+async def test_close_commits_rows_handed_in_while_a_batch_is_in_flight_then_refuses(
+    store_and_writer: Any,
+) -> None:
+    """The shutdown order: requests still hand in rows while the writer closes; none is lost."""
+    store, writer = store_and_writer
+    first = asyncio.create_task(writer.write({"request_id": "r0"}))
+    await store.started.wait()  # r0's transaction is open
+    closing = asyncio.create_task(writer.close())
+    late = [asyncio.create_task(writer.write({"request_id": f"late{i}"})) for i in range(2)]
+    await wait_until(lambda: writer.waiting == 2)
+    store.gate.set()
+    await asyncio.gather(first, *late, closing)
+    assert store.batches == [["r0"], ["late0", "late1"]]
+    with pytest.raises(AuditUnavailable):
+        await writer.write({"request_id": "after-close"})
