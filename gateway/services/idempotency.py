@@ -23,11 +23,27 @@ from auth_db.engine import SessionFactory
 from auth_db.models import IdempotencyKey
 from auth_db.types import utcnow
 from gateway.errors import Conflict, UnprocessableEntity
+from gateway.settings import Settings
 
 #: How long a completed key replays its result.
 KEY_TTL = timedelta(hours=24)
-#: A key left ``in_progress`` this long (crashed process) may be taken over.
+#: A key left ``in_progress`` this long may be taken over, unless the caller says how long a claim can run.
 IN_PROGRESS_TTL = timedelta(minutes=5)
+
+
+def in_progress_ttl(settings: Settings) -> timedelta:
+    """How long a claim stays ``in_progress`` before a retry may take the key over.
+
+    About as long as a claimed write can still be running on a live replica: its upstream call ends within
+    ``UPSTREAM_TOTAL_TIMEOUT``, and a stopping replica gives it ``SHUTDOWN_DRAIN_SECONDS``. After that the
+    replica that claimed the key has most likely died or lost the auth database, and a retry on any replica
+    takes it over (40 s with the defaults, instead of 5 minutes). Taking over is safe even if the first
+    write is still running: the letter's composition uid derives from the key, so EHRbase refuses a second
+    copy and the retry reads the first back.
+    """
+    return timedelta(seconds=settings.upstream_total_timeout + settings.shutdown_drain_seconds)
+
+
 KEY_PATTERN = r"^[A-Za-z0-9_\-:.]{8,128}$"
 
 
@@ -47,8 +63,20 @@ class Claim:
     replay_status: int | None = None
 
 
-async def claim(factory: SessionFactory, *, user_id: uuid.UUID, key: str, scope: str, hash_: str) -> Claim:
+async def claim(
+    factory: SessionFactory,
+    *,
+    user_id: uuid.UUID,
+    key: str,
+    scope: str,
+    hash_: str,
+    in_progress_for: timedelta = IN_PROGRESS_TTL,
+) -> Claim:
     """Reserve ``key`` for this request, or return the stored result of its first use.
+
+    Args:
+        in_progress_for: how long the claim blocks retries before they may take the key over
+            (:func:`in_progress_ttl`).
 
     Raises:
         UnprocessableEntity: ``idempotency_key_reused`` — same key, different request.
@@ -65,7 +93,7 @@ async def claim(factory: SessionFactory, *, user_id: uuid.UUID, key: str, scope:
                     request_hash=hash_,
                     state="in_progress",
                     created_at=now,
-                    expires_at=now + IN_PROGRESS_TTL,
+                    expires_at=now + in_progress_for,
                 )
             )
             try:

@@ -131,6 +131,7 @@ class LetterService:
                 key=idempotency_key,
                 scope=scope,
                 hash_=idempotency.request_hash(scope, _content_fingerprint(content)),
+                in_progress_for=idempotency.in_progress_ttl(self.settings),
             )
             if claim.replay is not None:
                 stored = await self._read(str(claim.replay["ehr_id"]), str(claim.replay["version_uid"]))
