@@ -81,6 +81,11 @@ stack-logs *services:
 e2e *args:
     bash tests/e2e/run.sh {{args}}
 
+# Proves sessions, revocation, throttling and idempotency keys shared, an auth-DB partition and a rolling restart under load.
+# Scale-out e2e: three gateway replicas on one auth DB behind HAProxy (apt-get install haproxy); a few minutes. Args go to pytest.
+e2e-replicas *args:
+    bash tests/e2e/replicas/run.sh {{args}}
+
 # Stop the end-to-end servers left running by `E2E_KEEP=1 just e2e` (add --wipe to delete their data)
 e2e-down *args:
     bash tests/e2e/infra/down.sh {{args}}

@@ -1,0 +1,1 @@
+"""Scale-out end-to-end suite: gateway replicas behind HAProxy (``just e2e-replicas``)."""
