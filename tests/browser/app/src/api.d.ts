@@ -1102,6 +1102,9 @@ export interface paths {
         /**
          * Readiness: the auth DB, HAPI FHIR and EHRbase answer
          * @description Probe each store (results cached for ``READY_CACHE_SECONDS``); 200 when all are up, else 503.
+         *
+         *     Once the process has been told to stop (SIGTERM), 503 at once, without probing: the load balancer
+         *     must send it nothing new while it finishes the requests it has.
          */
         get: operations["ready_ready_get"];
         put?: never;
@@ -4882,10 +4885,10 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description A DocumentReference id. */
-                document_id: string;
                 /** @description A version number (meta.versionId). */
                 version_id: string;
+                /** @description A DocumentReference id. */
+                document_id: string;
             };
             cookie?: never;
         };
@@ -5057,10 +5060,10 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description A DocumentReference id. */
-                document_id: string;
                 /** @description A version number (meta.versionId). */
                 version_id: string;
+                /** @description A DocumentReference id. */
+                document_id: string;
             };
             cookie?: never;
         };
