@@ -13,6 +13,9 @@ type Method = "get" | "put" | "post" | "patch" | "delete";
  * provider's 400 in the shape OpenID Connect prescribes: neither is a problem document.
  */
 type ReadinessPath = "/ready" | "/auth/sso/{provider_id}/backchannel-logout";
+/** The FHIR face answers its errors as FHIR OperationOutcomes (docs/fhir.md), checked apart below. */
+type FhirPath = Extract<keyof paths, `/fhir/${string}`>;
+type OperationOutcome = components["schemas"]["OperationOutcomeBody"];
 
 type OperationsOf<P extends keyof paths> = P extends unknown
   ? { [M in Method]: NonNullable<paths[P][M]> }[Method]
@@ -35,5 +38,8 @@ export type EveryRequestBodyIsTyped = Assert<
 >;
 export type ErrorsAreNotUntyped = Assert<IsUnknown<ErrorBodies<Operation>> extends false ? true : false>;
 export type EveryErrorIsAProblem = Assert<
-  [ErrorBodies<OperationsOf<Exclude<keyof paths, ReadinessPath>>>] extends [Problem] ? true : false
+  [ErrorBodies<OperationsOf<Exclude<keyof paths, ReadinessPath | FhirPath>>>] extends [Problem] ? true : false
+>;
+export type EveryFhirErrorIsAnOperationOutcome = Assert<
+  [ErrorBodies<OperationsOf<FhirPath>>] extends [OperationOutcome] ? true : false
 >;
